@@ -1,0 +1,68 @@
+"""Capacity enforcement shared by every queue-based router: who gets a slot when more tokens want an expert than
+it can take."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def queue_positions(
+    proposals: torch.Tensor, num_experts: int, priority: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Each proposal's place in its expert's queue: long ``[G, P]``, 0 for the first in line.
+
+    ``proposals`` ``[G, P]`` holds expert ids (``-1`` = no proposal, which queues for nothing). The queue is the
+    proposal order along ``P`` (first come, first served), or ``priority`` ``[G, P]`` descending with the proposal
+    order breaking ties. Implemented as a stable sort of the expert ids, not a one-hot cumsum: at 16384 x 64 the
+    one-hot ``[P, E]`` cumsum took 34 ms and the sort 6.5 ms on 2 cores (reference note §4), bit-identical.
+    """
+    g, p = proposals.shape
+    device = proposals.device
+    order = torch.arange(p, device=device).expand(g, p)
+    ids = proposals
+    if priority is not None:
+        order = torch.sort(priority, dim=1, descending=True, stable=True).indices
+        ids = torch.gather(proposals, 1, order)
+    # One flat key space: group g, expert e -> g*(E+1) + e; the empty proposal -1 gets its own bucket E.
+    bucket = torch.where(ids < 0, torch.full_like(ids, num_experts), ids)
+    keys = (bucket + torch.arange(g, device=device).unsqueeze(1) * (num_experts + 1)).reshape(-1)
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    counts = torch.bincount(keys, minlength=g * (num_experts + 1))
+    starts = torch.cumsum(counts, 0) - counts
+    pos_sorted = torch.arange(keys.numel(), device=device) - starts[sorted_keys]
+    pos_in_order = torch.empty_like(pos_sorted).scatter_(0, perm, pos_sorted).reshape(g, p)
+    if priority is None:
+        return pos_in_order
+    return torch.empty_like(pos_in_order).scatter_(1, order, pos_in_order)
+
+
+def keep_within_capacity(
+    proposals: torch.Tensor,
+    capacity: Optional[int],
+    num_experts: int,
+    priority: Optional[torch.Tensor] = None,
+    used: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Bool ``[G, P]``: which proposals fit, given ``capacity`` and the load ``used`` ``[G, E]`` already taken.
+
+    A proposal of ``-1`` is never kept. ``capacity=None`` keeps every real proposal.
+    """
+    real = proposals >= 0
+    if capacity is None:
+        return real
+    pos = queue_positions(proposals, num_experts, priority)
+    if used is not None:
+        pos = pos + torch.gather(used, 1, proposals.clamp(min=0))
+    return real & (pos < capacity)
+
+
+def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Long ``[G, E]``: how many entries of ``experts`` ``[G, ...]`` name each expert (``-1`` ignored)."""
+    g = experts.shape[0]
+    flat = experts.reshape(g, -1)
+    idx = torch.where(flat < 0, torch.full_like(flat, num_experts), flat)
+    out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
+    out.scatter_add_(1, idx, torch.ones_like(idx))
+    return out[:, :num_experts]

@@ -1,0 +1,1 @@
+"""The harness: workloads, metrics, evaluation, sweeps, tables, plots and the CLI."""

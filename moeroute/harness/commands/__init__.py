@@ -1,0 +1,1 @@
+"""Sub-commands of the ``moeroute`` CLI, one module each."""
