@@ -1,0 +1,44 @@
+"""Save and restore a training run: model, optimizer, the SoftTopk schedule (its step) and the run's config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moeroute.errors import MoeRouteError
+from moeroute.train.config import RunConfig, run_config_from_dict
+
+
+def save_checkpoint(path: Path, cfg: RunConfig, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, schedule: Any) -> None:
+    """Write everything needed to resume after ``step`` optimizer steps; written to a temporary file first so an
+    interrupted save never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "config": asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "softtopk": schedule.state_dict(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The dict :func:`save_checkpoint` wrote, with ``config`` rebuilt as a :class:`RunConfig`."""
+    if not Path(path).is_file():
+        raise MoeRouteError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt or foreign file
+        raise MoeRouteError(f"{path}: cannot read checkpoint ({type(exc).__name__})") from None
+    for key in ("step", "config", "model", "optimizer", "softtopk"):
+        if key not in state:
+            raise MoeRouteError(f"{path}: not a moeroute training checkpoint (no {key!r})")
+    state["config"] = run_config_from_dict(state["config"])
+    return state

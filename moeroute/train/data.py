@@ -1,0 +1,93 @@
+"""Byte-level text for the training ablation: a corpus that needs no download (the CPython documentation shipped
+as ``pydoc_data``) or the user's file, a fixed train/validation split, and batches that depend only on
+(seed, step) so every arm of an ablation sees the same tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moeroute.errors import MoeRouteError
+from moeroute.train.config import DataConfig
+
+
+def builtin_corpus() -> bytes:
+    """The CPython documentation topics bundled with every Python (``pydoc_data.topics``), sorted by topic name and
+    joined by blank lines, as UTF-8 bytes (about 465 kB on Python 3.11)."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name] for name in sorted(topics)).encode("utf-8")
+
+
+def read_corpus(text: str = "") -> bytes:
+    """The bytes of ``text`` (a file path), or :func:`builtin_corpus` when ``text`` is empty."""
+    if not text:
+        return builtin_corpus()
+    file = Path(text)
+    if not file.is_file():
+        raise MoeRouteError(f"text file not found: {text}")
+    data = file.read_bytes()
+    if not data:
+        raise MoeRouteError(f"text file is empty: {text}")
+    return data
+
+
+def split_blocks(data: bytes, val_fraction: float, block_bytes: int) -> tuple[bytes, bytes]:
+    """Cut ``data`` into blocks of ``block_bytes`` and send block ``i`` to validation when
+    ``floor((i + 1) * f) > floor(i * f)`` (``f = val_fraction``): held-out blocks spread evenly through the corpus,
+    so validation text is not one topic at its end. Returns ``(train, validation)``; the same for the same input."""
+    n = -(-len(data) // block_bytes)
+    train, val = [], []
+    for i in range(n):
+        block = data[i * block_bytes:(i + 1) * block_bytes]
+        (val if int((i + 1) * val_fraction) > int(i * val_fraction) else train).append(block)
+    return b"".join(train), b"".join(val)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Train and validation bytes as uint8 tensors ``[n]``."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+
+    @staticmethod
+    def from_config(cfg: DataConfig) -> "Corpus":
+        train, val = split_blocks(read_corpus(cfg.text), cfg.val_fraction, cfg.block_bytes)
+        need = cfg.seq_len + 1
+        for name, part in (("training", train), ("validation", val)):
+            if len(part) < need:
+                raise MoeRouteError(
+                    f"the {name} split has {len(part)} bytes, fewer than seq_len + 1 = {need}: use a larger text"
+                    " or a smaller seq_len / val_fraction"
+                )
+        as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8).clone()  # noqa: E731
+        return Corpus(as_tensor(train), as_tensor(val))
+
+
+def _windows(data: torch.Tensor, starts: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = starts.unsqueeze(1) + torch.arange(seq_len + 1)
+    chunk = data[idx].long()
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def train_batch(corpus: Corpus, cfg: DataConfig, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-byte targets, long ``[batch_size, seq_len]`` each, at random offsets of the training split.
+
+    The offsets come from a generator seeded by ``(seed, step)`` only: every arm and a resumed run draw the same
+    batch at the same step."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    starts = torch.randint(0, corpus.train.numel() - cfg.seq_len, (cfg.batch_size,), generator=gen)
+    return _windows(corpus.train, starts, cfg.seq_len)
+
+
+def val_batches(corpus: Corpus, cfg: DataConfig, sequences: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed validation set: ``sequences`` (default ``cfg.val_sequences``) windows spread evenly over the
+    validation split, in batches of ``batch_size``."""
+    count = sequences or cfg.val_sequences
+    last = corpus.val.numel() - cfg.seq_len - 1
+    starts = torch.linspace(0, last, count).long() if count > 1 else torch.zeros(1, dtype=torch.long)
+    x, y = _windows(corpus.val, starts, cfg.seq_len)
+    return list(zip(x.split(cfg.batch_size), y.split(cfg.batch_size)))

@@ -1,0 +1,72 @@
+"""A small byte-level decoder-only language model whose every block is causal self-attention + an MoE layer."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moeroute.train.config import ModelConfig
+from moeroute.train.moe import MoELayer, MoEStats
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln(x))``, then ``x + moe(ln(x))``."""
+
+    def __init__(self, cfg: ModelConfig, router: str, weights: str) -> None:
+        super().__init__()
+        self.heads = cfg.heads
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        nn.init.normal_(self.proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.moe = MoELayer(cfg.d_model, cfg.expert_hidden, cfg.experts, cfg.k, cfg.capacity_factor,
+                            router, weights, cfg.aux_loss_coef, cfg.layers)
+
+    def forward(self, x: torch.Tensor, temperature: Optional[float]) -> tuple[torch.Tensor, MoEStats]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, d)
+        x = x + self.proj(att)
+        y, stats = self.moe(self.ln2(x), temperature)
+        return x + y, stats
+
+
+class MoELM(nn.Module):
+    """Bytes ``[B, S]`` -> next-byte logits ``[B, S, vocab]``; each sequence is one routing group."""
+
+    def __init__(self, cfg: ModelConfig, seq_len: int, router: str = "gshard", weights: str = "softmax") -> None:
+        super().__init__()
+        self.cfg, self.seq_len = cfg, seq_len
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.pos = nn.Parameter(torch.zeros(seq_len, cfg.d_model))
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg, router, weights) for _ in range(cfg.layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+
+    def forward(
+        self, idx: torch.Tensor, temperature: Optional[float] = None
+    ) -> tuple[torch.Tensor, list[MoEStats]]:
+        """Logits ``[B, S, vocab]`` (output head tied to the embedding) and each MoE layer's stats."""
+        x = self.embed(idx) + self.pos[: idx.shape[1]]
+        stats = []
+        for block in self.blocks:
+            x, s = block(x, temperature)
+            stats.append(s)
+        return self.ln_f(x) @ self.embed.weight.t(), stats
+
+    def loss(
+        self, idx: torch.Tensor, targets: torch.Tensor, temperature: Optional[float] = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[MoEStats]]:
+        """Mean next-byte cross-entropy (nats), the summed balance loss of all layers, and the layer stats."""
+        logits, stats = self(idx, temperature)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        aux = torch.stack([s.aux_loss for s in stats]).sum()
+        return ce, aux, stats
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [b.moe.gate.weight for b in self.blocks]

@@ -1,0 +1,108 @@
+"""The MoE feed-forward layer of the training ablation: any registered router assigns tokens to experts, any
+combine-weight operator weights them, and a gather/scatter dispatch runs the experts.
+
+Routing is computed without gradient (the assignment is discrete); the combine weights are computed again from
+the live softmax scores, so the gate learns through them, as in GShard/Tutel. A dropped slot contributes nothing:
+the block's residual connection carries the token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moeroute.problem import RouterInput, make_input
+from moeroute.routers import bind_router
+from moeroute.routing import Routing
+from moeroute.weights import combine_weights
+
+
+@dataclass
+class MoEStats:
+    """What one MoE layer did on one batch: its router input (detached logits/scores ``[G, T, E]``), the routing,
+    and the balance loss."""
+
+    inputs: RouterInput
+    routing: Routing
+    aux_loss: torch.Tensor
+
+
+def balance_loss(scores: torch.Tensor, coef: float) -> torch.Tensor:
+    """GShard's auxiliary loss ``coef * E * sum_e m_e c_e`` per group, averaged over groups.
+
+    ``scores`` ``[G, T, E]`` (softmax, with grad): ``m_e`` is the mean score of expert ``e`` in a group, ``c_e``
+    the fraction of the group's tokens whose first choice is ``e`` (before capacity, as DeepSpeed's
+    ``top2gating``). The same for every router, so every arm minimises the same loss."""
+    e = scores.shape[-1]
+    me = scores.mean(dim=1)
+    ce = F.one_hot(scores.argmax(dim=-1), e).to(scores.dtype).mean(dim=1)
+    return coef * e * (me * ce).sum(dim=-1).mean()
+
+
+def dispatch_experts(
+    x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
+) -> torch.Tensor:
+    """``sum_r weights[n, r] * FFN_{experts[n, r]}(x[n])`` for tokens ``x`` ``[N, D]``; slots ``-1`` add nothing.
+
+    ``experts``/``weights`` ``[N, R]``; ``w1`` ``[E, D, H]``, ``w2`` ``[E, H, D]``; ``FFN_e(v) = gelu(v w1_e) w2_e``.
+    The kept (token, slot) pairs are sorted by expert, gathered into one contiguous ``[A, D]`` block (``A`` = kept
+    assignments), each expert runs on its own segment, and the outputs are scattered back with ``index_add``:
+    memory ``O(N k D)``, never a ``[T, E, C]`` one-hot, and no padding, so a dropless router's busiest expert
+    costs its real load and not ``E`` times it.
+    """
+    r = experts.shape[1]
+    flat = experts.reshape(-1)
+    kept = (flat >= 0).nonzero().squeeze(1)
+    if kept.numel() == 0:
+        return torch.zeros_like(x)
+    ids, order = torch.sort(flat[kept], stable=True)
+    slot = kept[order]
+    token = slot // r
+    counts = torch.bincount(ids, minlength=w1.shape[0]).tolist()
+    segments = x[token].split(counts)
+    out = torch.cat([F.gelu(seg @ w1[e]) @ w2[e] for e, seg in enumerate(segments) if counts[e]])
+    out = out * weights.reshape(-1)[slot].unsqueeze(1).to(out.dtype)
+    return torch.zeros_like(x).index_add(0, token, out)
+
+
+class MoELayer(nn.Module):
+    """A top-``k`` MoE feed-forward layer routed by the router spec ``router`` (``gshard``,
+    ``maxscore:stage2=exact``, ...) with combine-weight operator ``weights``.
+
+    Input ``[G, T, D]``: each of the ``G`` sequences is one routing group of ``T`` tokens with capacity
+    ``C = ceil(cf * k * T / E)``.
+    """
+
+    def __init__(
+        self, d_model: int, hidden: int, experts: int, k: int, capacity_factor: Optional[float],
+        router: str = "gshard", weights: str = "softmax", aux_loss_coef: float = 0.01, layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.k, self.capacity_factor, self.aux_loss_coef = k, capacity_factor, aux_loss_coef
+        self.bound = bind_router(router, weights=weights)
+        self.gate = nn.Linear(d_model, experts, bias=False)
+        self.w1 = nn.Parameter(torch.randn(experts, d_model, hidden) / math.sqrt(d_model))
+        # Output projections scaled down by depth, as GPT-2 does, so the residual stream starts calm.
+        self.w2 = nn.Parameter(torch.randn(experts, hidden, d_model) / math.sqrt(hidden) / math.sqrt(2 * layers))
+        nn.init.normal_(self.gate.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, temperature: Optional[float] = None) -> tuple[torch.Tensor, MoEStats]:
+        """``x`` ``[G, T, D]`` -> ``[G, T, D]`` and the layer's :class:`MoEStats`. ``temperature`` is SoftTopk's
+        ``t`` (ignored by other weight operators; ``None`` = 1, the evaluation value)."""
+        g, t, d = x.shape
+        logits = self.gate(x).float()
+        with torch.no_grad():
+            inputs = make_input(logits.detach(), self.k, self.capacity_factor)
+            routing = self.bound(inputs)
+        scores = logits.softmax(dim=-1)
+        common = replace(self.bound.common, temperature=temperature)
+        weights = combine_weights(scores, routing.experts, common)
+        routing.weights = weights.detach()
+        y = dispatch_experts(x.reshape(g * t, d), routing.experts.reshape(g * t, -1),
+                             weights.reshape(g * t, -1), self.w1, self.w2)
+        return y.reshape(g, t, d).to(x.dtype), MoEStats(inputs, routing, balance_loss(scores, self.aux_loss_coef))

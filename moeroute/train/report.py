@@ -1,0 +1,263 @@
+"""Summary of a training ablation from its per-step logs: a per-run and a per-arm table (CSV), figures (loss,
+drop/load and affinity curves), and a Markdown report that states whether the paper's ordering holds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from moeroute.options import parse_spec
+from moeroute.train.config import AblationConfig, Arm
+
+# The MaxScore paper's ablation (Table: average accuracy; higher is better), best first.
+PAPER_ORDER = (("maxscore", "softtopk"), ("gshard", "softtopk"), ("maxscore", "softmax"), ("gshard", "softmax"))
+PAPER_ACCURACY = {("gshard", "softmax"): 42.11, ("gshard", "softtopk"): 42.55,
+                  ("maxscore", "softmax"): 42.16, ("maxscore", "softtopk"): 43.44}
+PAPER_LABEL = {("gshard", "softmax"): "GShard (baseline)", ("gshard", "softtopk"): "SoftTopk only",
+               ("maxscore", "softmax"): "flow only", ("maxscore", "softtopk"): "flow + SoftTopk"}
+
+
+def _role(arm: Arm) -> tuple[str, str]:
+    return parse_spec(arm.router)[0], arm.weights
+
+
+def read_log(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def run_summary(log: pd.DataFrame, tail: float = 0.1) -> dict[str, float]:
+    """Final validation loss, and the routing numbers averaged over the last ``tail`` of training."""
+    val = log.dropna(subset=["val_loss"])
+    last = log.iloc[int(len(log) * (1 - tail)):]
+    out = {
+        "steps": int(log["step"].iloc[-1]),
+        "tokens": int(log["tokens"].iloc[-1]),
+        "final_val_loss": float(val["val_loss"].iloc[-1]) if len(val) else math.nan,
+        "final_train_loss": float(last["train_loss"].mean()),
+        "seconds": float(log["step_time_s"].sum()),
+        "step_time_s": float(log["step_time_s"].median()),
+    }
+    for key in ("slot_drop_rate", "second_choice_drop_rate", "mean_load_ratio", "max_load_ratio",
+                "rank1_affinity", "rank2_affinity"):
+        out[key] = float(last[key].mean()) if key in last and last[key].notna().any() else math.nan
+    return out
+
+
+@dataclass
+class AblationSummary:
+    runs: pd.DataFrame   # one row per (arm, seed)
+    arms: pd.DataFrame   # one row per arm: means and spreads over seeds
+    logs: dict[tuple[str, int], pd.DataFrame]
+
+
+def summarise(cfg: AblationConfig, results_dir: Path) -> AblationSummary:
+    """Read ``results_dir/<arm>_seed<s>.csv`` for every arm and seed of ``cfg`` that has a log."""
+    rows, logs = [], {}
+    for arm in cfg.arms:
+        for seed in cfg.seeds:
+            path = results_dir / f"{arm.name}_seed{seed}.csv"
+            if not path.is_file():
+                continue
+            log = read_log(path)
+            if log.empty:
+                continue
+            logs[(arm.name, seed)] = log
+            rows.append({"arm": arm.name, "router": arm.router, "weights": arm.weights, "seed": seed, **run_summary(log)})
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        return AblationSummary(runs, pd.DataFrame(), logs)
+    agg = runs.groupby("arm", sort=False).agg(
+        router=("router", "first"), weights=("weights", "first"), seeds=("seed", "count"), steps=("steps", "max"),
+        val_loss_mean=("final_val_loss", "mean"), val_loss_std=("final_val_loss", "std"),
+        val_loss_min=("final_val_loss", "min"), val_loss_max=("final_val_loss", "max"),
+        train_loss_mean=("final_train_loss", "mean"),
+        slot_drop_rate=("slot_drop_rate", "mean"), second_choice_drop_rate=("second_choice_drop_rate", "mean"),
+        mean_load_ratio=("mean_load_ratio", "mean"), max_load_ratio=("max_load_ratio", "mean"),
+        rank1_affinity=("rank1_affinity", "mean"), rank2_affinity=("rank2_affinity", "mean"),
+        seconds_per_run=("seconds", "mean"), step_time_s=("step_time_s", "mean"),
+    ).reset_index()
+    return AblationSummary(runs, agg, logs)
+
+
+def _smooth(series: pd.Series, span: int) -> pd.Series:
+    return series.ewm(span=span, adjust=False).mean()
+
+
+def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) -> list[Path]:
+    """Three PNGs: loss curves, second-choice drop and load ratio over training, rank-1/rank-2 affinities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [a.name for a in cfg.arms if any(k[0] == a.name for k in summary.logs)]
+    colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+    steps = max(int(log["step"].iloc[-1]) for log in summary.logs.values())
+    span = max(5, steps // 40)
+    panels = {
+        "loss_curves.png": [("val_loss", "validation loss (nats/byte, t = 1)", False),
+                            ("train_loss", "training loss (nats/byte, EMA)", True)],
+        "drop_load.png": [("second_choice_drop_rate", "second-choice drop rate (EMA)", True),
+                          ("mean_load_ratio", "mean load ratio sum(load)/(E*C) (EMA)", True)],
+        "affinity.png": [("rank1_affinity", "mean rank-1 affinity (EMA)", True),
+                         ("rank2_affinity", "mean rank-2 affinity (EMA)", True)],
+    }
+    written = []
+    for filename, specs in panels.items():
+        fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4.2))
+        for ax, (key, title, smooth) in zip(axes, specs):
+            for name in names:
+                curves = []
+                for (arm, _seed), log in summary.logs.items():
+                    if arm != name or key not in log:
+                        continue
+                    s = log.set_index("step")[key].dropna()
+                    curves.append(_smooth(s, span) if smooth else s)
+                if not curves:
+                    continue
+                frame = pd.concat(curves, axis=1)
+                mean = frame.mean(axis=1)
+                ax.plot(mean.index, mean.values, color=colors[name], label=f"{name} (n={frame.shape[1]})", lw=1.4)
+                if frame.shape[1] > 1:
+                    ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.15)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+            if key.endswith("loss"):
+                tail = [log[key].dropna() for log in summary.logs.values() if key in log]
+                values = pd.concat(tail)
+                if len(values):
+                    lo, hi = values.min(), values.quantile(0.5)
+                    ax.set_ylim(lo - 0.05 * (hi - lo), hi)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{cfg.source}: mean over seeds, band = min..max", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
+
+
+def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[str]:
+    """Plain sentences: does the 2×2 reproduce the paper's ordering (flow + SoftTopk best, then SoftTopk only,
+    flow only, GShard), and are the differences larger than the spread across seeds (Welch's t-test)?"""
+    by_role = {}
+    for arm in cfg.arms:
+        row = summary.arms[summary.arms["arm"] == arm.name]
+        if len(row):
+            by_role[_role(arm)] = (arm.name, row.iloc[0])
+    missing = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in by_role]
+    if missing:
+        return [f"The paper's 2×2 cannot be checked: no results for {', '.join(missing)}."]
+    ours = sorted(PAPER_ORDER, key=lambda r: by_role[r][1]["val_loss_mean"])
+    lines = [
+        "Paper (average accuracy, higher is better): " + " > ".join(
+            f"{PAPER_LABEL[r]} {PAPER_ACCURACY[r]:.2f}" for r in PAPER_ORDER) + ".",
+        "Here (final validation loss, lower is better): " + " < ".join(
+            f"{PAPER_LABEL[r]} {by_role[r][1]['val_loss_mean']:.4f}" for r in ours) + ".",
+    ]
+    full = tuple(ours) == PAPER_ORDER
+    best = ours[0] == ("maxscore", "softtopk")
+    base_worst = ours[-1] == ("gshard", "softmax")
+    if full:
+        lines.append("**The paper's full ordering holds at this scale** (by the means).")
+    else:
+        lines.append(
+            f"**The paper's full ordering does not hold at this scale.** Flow + SoftTopk is "
+            f"{'the best' if best else 'not the best'} of the 2×2; GShard is {'the worst' if base_worst else 'not the worst'}."
+        )
+    try:
+        from scipy.stats import ttest_ind
+    except ImportError:  # scipy is a dependency; keep the report readable without it anyway
+        return lines
+    base_name = by_role[("gshard", "softmax")][0]
+    base = summary.runs[summary.runs["arm"] == base_name]["final_val_loss"]
+    for role in PAPER_ORDER[:3]:
+        name = by_role[role][0]
+        other = summary.runs[summary.runs["arm"] == name]["final_val_loss"]
+        diff = other.mean() - base.mean()
+        if len(other) >= 2 and len(base) >= 2:
+            p = float(ttest_ind(other, base, equal_var=False).pvalue)
+            verdict = "larger than the seed spread (p < 0.05)" if p < 0.05 else "within the seed spread (not significant)"
+            lines.append(f"- {PAPER_LABEL[role]} − GShard: {diff:+.4f} nats/byte, Welch p = {p:.3f}: {verdict}.")
+        else:
+            lines.append(f"- {PAPER_LABEL[role]} − GShard: {diff:+.4f} nats/byte (one seed: no significance test).")
+    return lines
+
+
+def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, figures: list[Path],
+                   scale_note: str = "", captured: Optional[str] = None) -> Path:
+    """The Markdown report (in the style of ``moeroute report``)."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = summary.arms
+    lines = [
+        "# Training ablation: GShard vs MaxScore routing × softmax vs SoftTopk weights", "",
+        f"Config `{cfg.source}`" + (f", profile `{cfg.profile}`" if cfg.profile else "") + ". "
+        f"Byte-level decoder-only MoE LM: {m.layers} layers, d_model {m.d_model}, {m.heads} heads, every block's FFN an "
+        f"MoE of {m.experts} experts (hidden {m.expert_hidden}), top-{m.k}, capacity factor {m.capacity_factor} per "
+        f"{d.seq_len}-token sequence (each sequence is one routing group), balance loss {m.aux_loss_coef}·E·Σ mₑcₑ. "
+        f"Batch {d.batch_size} × {d.seq_len} bytes, {t.steps} steps ({t.steps * d.batch_size * d.seq_len / 1e6:.2f} M "
+        f"tokens), AdamW lr {t.lr} (warm-up {t.warmup_steps}, cosine), seeds {', '.join(map(str, cfg.seeds))}. "
+        f"SoftTopk t = max({t.softtopk_start} − {t.softtopk_start - t.softtopk_end}·step/{t.softtopk_anneal_steps}, "
+        f"{t.softtopk_end}), t = 1 at evaluation. Every arm sees the same batches and starts from the same weights "
+        "for a seed; capacity arms have the same expert FLOPs (E·C slots per group).",
+        "",
+    ]
+    if scale_note:
+        lines += [scale_note, ""]
+    lines += ["## Final validation loss per arm", "",
+              "| arm | router | weights | seeds | steps | final val loss (mean ± std) | min..max | 2nd-choice drop | "
+              "slot drop | mean load ratio | max load ratio | rank-1 aff. | rank-2 aff. | s/run | s/step |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, r in a.iterrows():
+        lines.append(
+            f"| {r['arm']} | `{r['router']}` | {r['weights']} | {r['seeds']} | {r['steps']} | "
+            f"{_pm(r['val_loss_mean'], r['val_loss_std'])} | {r['val_loss_min']:.4f}..{r['val_loss_max']:.4f} | "
+            f"{100 * r['second_choice_drop_rate']:.2f}% | {100 * r['slot_drop_rate']:.2f}% | {r['mean_load_ratio']:.4f} | "
+            f"{r['max_load_ratio']:.3f} | {r['rank1_affinity']:.4f} | {r['rank2_affinity']:.4f} | "
+            f"{r['seconds_per_run']:.0f} | {r['step_time_s']:.3f} |")
+    lines += ["", "Routing columns are averages over the last 10% of training steps and over layers (training batches). "
+              "For `dropless` the load ratio divides by k·T/E (no capacity) and the max load ratio is its padding "
+              "factor; it has no capacity, so its expert FLOPs are not matched to the other arms.", "",
+              "## Does the paper's ordering hold?", ""]
+    lines += ordering_statement(summary, cfg)
+    lines += ["", "## Figures", ""]
+    for fig in figures:
+        rel = Path(_relpath(fig, path.parent))
+        lines.append(f"![{fig.stem}]({rel.as_posix()})")
+    if captured:
+        lines += ["", "## Captured router logits", "", captured]
+    lines += ["", "Per-step logs: one CSV per run in `" + cfg.output.results + "` (columns in "
+              "`moeroute/train/loop.py: LOG_COLUMNS`); per-run and per-arm tables: `runs.csv`, `summary.csv` there."]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _relpath(target: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(target.resolve(), start.resolve())
+
+
+def write_report(cfg: AblationConfig, captured: Optional[str] = None) -> Optional[Path]:
+    """Summarise the logs under ``cfg.output.results``: tables, figures, Markdown (with ``[output] note`` as its
+    scale note). ``None`` if there are no logs."""
+    results = Path(cfg.output.results)
+    summary = summarise(cfg, results)
+    if summary.runs.empty:
+        return None
+    summary.runs.to_csv(results / "runs.csv", index=False, float_format="%.6g")
+    summary.arms.to_csv(results / "summary.csv", index=False, float_format="%.6g")
+    figures = write_figures(summary, cfg, Path(cfg.output.reports))
+    return write_markdown(summary, cfg, Path(cfg.output.report), figures, cfg.output.note, captured)
