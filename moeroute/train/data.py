@@ -37,7 +37,9 @@ def read_corpus(text: str = "") -> bytes:
 def split_blocks(data: bytes, val_fraction: float, block_bytes: int) -> tuple[bytes, bytes]:
     """Cut ``data`` into blocks of ``block_bytes`` and send block ``i`` to validation when
     ``floor((i + 1) * f) > floor(i * f)`` (``f = val_fraction``): held-out blocks spread evenly through the corpus,
-    so validation text is not one topic at its end. Returns ``(train, validation)``; the same for the same input."""
+    so validation text is not one topic at its end. A small corpus is cut into at least 50 blocks (smaller ones),
+    so it still gets a validation split. Returns ``(train, validation)``; the same for the same input."""
+    block_bytes = max(1, min(block_bytes, len(data) // 50))
     n = -(-len(data) // block_bytes)
     train, val = [], []
     for i in range(n):

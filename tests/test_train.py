@@ -1,0 +1,250 @@
+"""The training ablation: data split, dispatch against a plain loop, gate gradients, a few training steps per
+router arm, checkpoint/resume with the SoftTopk step, config errors, the CLI and captured logits."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from moeroute.errors import MoeRouteError
+from moeroute.harness.cli import main
+from moeroute.harness.logits_io import load_logits
+from moeroute.routers import router_names
+from moeroute.train.ablation import capture_run
+from moeroute.train.checkpoint import load_checkpoint
+from moeroute.train.config import Arm, load_config, parse_config, run_configs
+from moeroute.train.data import Corpus, builtin_corpus, split_blocks, train_batch, val_batches
+from moeroute.train.loop import LOG_COLUMNS, train_run
+from moeroute.train.moe import MoELayer, dispatch_experts
+from moeroute.weights import weight_ops
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return load_config(str(CONFIG), "quick")
+
+
+@pytest.fixture(scope="module")
+def corpus(quick):
+    return Corpus.from_config(quick.data)
+
+
+def _log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def test_split_is_fixed_disjoint_and_spread():
+    data = bytes(range(251)) * 2000  # 502000 bytes = 122.6 blocks of 4096
+    train, val = split_blocks(data, 0.1, 4096)
+    assert (train, val) == split_blocks(data, 0.1, 4096)
+    assert len(train) + len(val) == len(data)
+    # every 10th block (9, 19, ..., 119) is held out
+    blocks = [data[i * 4096:(i + 1) * 4096] for i in range(123)]
+    assert val == b"".join(blocks[i] for i in range(9, 123, 10))
+    assert train == b"".join(b for i, b in enumerate(blocks) if i % 10 != 9)
+    # a small corpus is cut finer, so it still has a validation split
+    small_train, small_val = split_blocks(data[:5000], 0.1, 4096)
+    assert len(small_val) == 500 and len(small_train) == 4500
+
+
+def test_builtin_corpus_split_and_batches_are_deterministic(quick):
+    a, b = Corpus.from_config(quick.data), Corpus.from_config(quick.data)
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
+    total = len(builtin_corpus())
+    assert a.train.numel() + a.val.numel() == total
+    assert 0.07 < a.val.numel() / total < 0.13
+    x1, y1 = train_batch(a, quick.data, seed=3, step=7)
+    x2, y2 = train_batch(b, quick.data, seed=3, step=7)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the next byte
+    assert not torch.equal(x1, train_batch(a, quick.data, seed=3, step=8)[0])
+    v1, v2 = val_batches(a, quick.data), val_batches(b, quick.data)
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(v1, v2))
+    assert sum(x.shape[0] for x, _ in v1) == quick.data.val_sequences
+
+
+def test_user_text_file(tmp_path, quick):
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(b"hello moe world. " * 2000)
+    c = Corpus.from_config(replace(quick.data, text=str(f)))
+    assert c.train.numel() + c.val.numel() == 34000
+    with pytest.raises(MoeRouteError, match="not found"):
+        Corpus.from_config(replace(quick.data, text=str(tmp_path / "missing.txt")))
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"x" * 200)
+    with pytest.raises(MoeRouteError, match="fewer than seq_len"):
+        Corpus.from_config(replace(quick.data, text=str(small)))
+
+
+# --- the MoE layer ----------------------------------------------------------------------------------------------
+
+def test_dispatch_matches_plain_loop():
+    gen = torch.Generator().manual_seed(0)
+    n, d, h, e, r = 40, 6, 5, 4, 2
+    x = torch.randn(n, d, generator=gen)
+    experts = torch.stack([torch.randperm(e, generator=gen)[:r] for _ in range(n)])
+    experts[torch.rand(n, r, generator=gen) < 0.3] = -1  # dropped slots
+    weights = torch.rand(n, r, generator=gen)
+    w1, w2 = torch.randn(e, d, h, generator=gen), torch.randn(e, h, d, generator=gen)
+    expected = torch.zeros(n, d)
+    for i in range(n):
+        for j in range(r):
+            ex = int(experts[i, j])
+            if ex >= 0:
+                expected[i] += weights[i, j] * (torch.nn.functional.gelu(x[i] @ w1[ex]) @ w2[ex])
+    assert torch.allclose(dispatch_experts(x, experts, weights, w1, w2), expected, atol=1e-5)
+    assert torch.equal(dispatch_experts(x, torch.full_like(experts, -1), weights, w1, w2), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("router", ["gshard", "dropless"])
+def test_gate_gets_gradient_through_combine_weights(router):
+    torch.manual_seed(0)
+    layer = MoELayer(d_model=16, hidden=8, experts=4, k=2, capacity_factor=1.0, router=router, aux_loss_coef=0.0)
+    y, stats = layer(torch.randn(2, 32, 16))
+    y.square().sum().backward()
+    assert layer.gate.weight.grad is not None and float(layer.gate.weight.grad.abs().sum()) > 0
+    stats.routing.check()
+    assert stats.routing.experts.shape == (2, 32, 2)
+    if router == "gshard":
+        assert int(stats.routing.load().max()) <= 16  # C = ceil(1 * 2 * 32 / 4)
+
+
+def test_unknown_router_or_weights_is_a_clear_error():
+    with pytest.raises(MoeRouteError, match="unknown router"):
+        MoELayer(16, 8, 4, 2, 1.0, router="nosuch")
+    with pytest.raises(MoeRouteError, match="unknown weight operator"):
+        MoELayer(16, 8, 4, 2, 1.0, router="gshard", weights="nosuch")
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+def _arms(quick) -> list:
+    out = []
+    for arm in quick.arms:
+        ok = arm.router.split(":")[0] in router_names() and arm.weights in weight_ops()
+        out.append(pytest.param(arm.name, marks=() if ok else pytest.mark.skip(reason=f"{arm.router}/{arm.weights} not registered yet")))
+    return out
+
+
+@pytest.mark.parametrize("arm", _arms(load_config(str(CONFIG), "quick")))
+def test_few_steps_per_arm_loss_falls(arm, quick, corpus, tmp_path):
+    cfg = replace(quick, train=replace(quick.train, steps=10, eval_every=5))
+    run = run_configs(cfg, [arm], [0])[0]
+    result = train_run(run, tmp_path / run.name, corpus)
+    rows = _log(result.log)
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))
+    assert list(rows[0]) == list(LOG_COLUMNS)
+    losses = [float(r["train_loss"]) for r in rows]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.2
+    vals = [float(r["val_loss"]) for r in rows if r["val_loss"]]
+    assert len(vals) == 2 and vals[1] < vals[0] and math.isfinite(result.final_val_loss)
+    for r in rows:
+        assert 0.0 <= float(r["slot_drop_rate"]) <= 1.0
+        assert 0.0 < float(r["rank1_affinity"]) <= 1.0
+        assert bool(r["temperature"]) == (run.arm.weights == "softtopk")
+    if run.arm.router == "dropless":
+        assert all(float(r["slot_drop_rate"]) == 0.0 for r in rows)
+
+
+def test_checkpoint_resume_keeps_softtopk_step_and_matches_uninterrupted_run(quick, corpus, tmp_path):
+    run = run_configs(quick, ["gshard-softmax"], [0])[0]
+    run = replace(run, arm=Arm("st", "gshard", "softmax"), train=replace(run.train, steps=6, eval_every=3))
+    straight = train_run(run, tmp_path / "straight", corpus)
+    first = train_run(replace(run, train=replace(run.train, steps=3)), tmp_path / "resumed", corpus)
+    state = load_checkpoint(first.checkpoint)
+    assert state["step"] == 3 and state["softtopk"]["step"] == 3
+    assert state["config"].arm.name == "st"
+    resumed = train_run(run, tmp_path / "resumed", corpus, resume=True)
+    assert load_checkpoint(resumed.checkpoint)["softtopk"]["step"] == 6
+    a, b = _log(straight.log), _log(resumed.log)
+    assert [r["step"] for r in b] == [str(i) for i in range(1, 7)]
+    for x, y in zip(a, b):
+        assert float(x["train_loss"]) == pytest.approx(float(y["train_loss"]), rel=1e-5)
+    assert resumed.final_val_loss == pytest.approx(straight.final_val_loss, rel=1e-5)
+
+
+def test_softtopk_temperature_schedule_in_log(quick, corpus, tmp_path):
+    if "softtopk" not in weight_ops():
+        pytest.skip("softtopk weight operator not registered yet")
+    run = run_configs(quick, ["gshard-softtopk"], [0])[0]
+    rows = _log(train_run(run, tmp_path / "st", corpus).log)
+    t = [float(r["temperature"]) for r in rows]
+    # t = max(4 - 3 * step / 4, 1) at steps 0..5, read before each optimizer step
+    assert t == pytest.approx([4.0, 3.25, 2.5, 1.75, 1.0, 1.0])
+
+
+# --- config -----------------------------------------------------------------------------------------------------
+
+def test_shipped_config_parses_with_every_profile():
+    full = load_config(str(CONFIG))
+    assert [a.name for a in full.arms] == ["gshard-softmax", "gshard-softtopk", "maxscore-softmax",
+                                           "maxscore-softtopk", "dropless-softmax"]
+    assert full.model.experts == 16 and full.model.k == 2 and full.data.seq_len == 512
+    assert full.model.aux_loss_coef == 0.01 and full.model.capacity_factor == 1.0
+    reduced = load_config(str(CONFIG), "reduced")
+    assert reduced.model.experts == 16 and reduced.data.seq_len == 512 and len(reduced.seeds) >= 2
+    assert load_config(str(CONFIG), "quick").train.steps < 20
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"arm": [{"name": "a"}], "modle": {}}, "unknown table or key 'modle'"),
+    ({"arm": [{"name": "a"}], "model": {"d_modl": 4}}, "unknown option 'd_modl' for \\[model\\]"),
+    ({"arm": [{"name": "a"}], "model": {"d_model": "big"}}, "option 'd_model' of \\[model\\].*must be int"),
+    ({"arm": [{"name": "a"}], "model": {"d_model": 30, "heads": 4}}, "not divisible by heads"),
+    ({"arm": [{"name": "a"}], "model": {"k": 20}}, "k=20 is larger than experts"),
+    ({"arm": [{"name": "a"}], "train": {"steps": 0}}, "steps must be >= 1"),
+    ({"arm": [{"name": "a"}], "train": {"device": "tpu"}}, "device must be"),
+    ({}, "at least one \\[\\[arm\\]\\]"),
+    ({"arm": [{"name": "a"}, {"name": "a"}]}, "distinct"),
+    ({"arm": [{"name": "a", "routr": "x"}]}, "unknown option 'routr'"),
+    ({"arm": [{"name": "a"}], "seeds": [0, "1"]}, "seeds must be"),
+])
+def test_config_errors_are_one_clear_line(raw, message):
+    with pytest.raises(MoeRouteError, match=message) as info:
+        parse_config(raw, "x.toml")
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(MoeRouteError, match="config file not found"):
+        load_config(str(tmp_path / "none.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nd_model = 4\n")
+    with pytest.raises(MoeRouteError, match="not valid TOML"):
+        load_config(str(bad))
+    with pytest.raises(MoeRouteError, match="no profile 'nosuch'"):
+        load_config(str(CONFIG), "nosuch")
+
+
+# --- CLI and captured logits ------------------------------------------------------------------------------------
+
+def test_cli_trains_reports_and_refuses_bad_input(tmp_path, capsys):
+    assert main(["train", str(CONFIG), "--quick", "--arms", "gshard-softmax", "--steps", "4", "--output", str(tmp_path)]) == 0
+    log = _log(tmp_path / "results" / "gshard-softmax_seed0.csv")
+    assert len(log) == 4
+    report = (tmp_path / "TRAINING.md").read_text()
+    assert "gshard-softmax" in report and "final val loss" in report
+    assert (tmp_path / "reports" / "loss_curves.png").stat().st_size > 1000
+    assert main(["train", str(CONFIG), "--quick", "--arms", "nosuch", "--output", str(tmp_path)]) == 2
+    assert "no arm named 'nosuch'" in capsys.readouterr().err
+    assert main(["train", str(CONFIG), "--quick", "--seeds", "a", "--output", str(tmp_path)]) == 2
+
+
+def test_captured_logits_load_as_a_workload(quick, corpus, tmp_path):
+    run = run_configs(quick, ["gshard-softmax"], [0])[0]
+    result = train_run(run, tmp_path / "r", corpus)
+    path = capture_run(run, result.checkpoint, corpus, 2, str(tmp_path / "cap.safetensors"))
+    logits = load_logits(str(path), "layer0")
+    assert logits.shape == (2 * quick.data.seq_len, quick.model.experts) and logits.dtype == torch.float32
+    assert bool(torch.isfinite(logits).all()) and float(logits.std()) > 0
