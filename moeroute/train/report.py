@@ -111,6 +111,7 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
     for filename, specs in panels.items():
         fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4.2))
         for ax, (key, title, smooth) in zip(axes, specs):
+            plotted = []
             for name in names:
                 curves = []
                 for (arm, _seed), log in summary.logs.items():
@@ -122,18 +123,19 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
                     continue
                 frame = pd.concat(curves, axis=1)
                 mean = frame.mean(axis=1)
+                plotted.append(mean)
                 ax.plot(mean.index, mean.values, color=colors[name], label=f"{name} (n={frame.shape[1]})", lw=1.4)
                 if frame.shape[1] > 1:
                     ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.15)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
-            if key.endswith("loss"):
-                tail = [log[key].dropna() for log in summary.logs.values() if key in log]
-                values = pd.concat(tail)
-                if len(values):
-                    lo, hi = values.min(), values.quantile(0.5)
-                    ax.set_ylim(lo - 0.05 * (hi - lo), hi)
+            if key.endswith("loss") and plotted:
+                # Zoom past the first 10% of training, where every curve falls from ln(256) and hides the gaps.
+                later = pd.concat([m[m.index >= 0.1 * steps] for m in plotted])
+                if len(later) and later.max() > later.min():
+                    lo, hi = later.min(), later.max()
+                    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{cfg.source}: mean over seeds, band = min..max", fontsize=10)
         fig.tight_layout()
