@@ -87,8 +87,18 @@ def _smooth(series: pd.Series, span: int) -> pd.Series:
     return series.ewm(span=span, adjust=False).mean()
 
 
+def _baseline_arm(cfg: AblationConfig) -> str:
+    """The arm the paired differences are taken against: GShard with softmax weights, else the first arm."""
+    for arm in cfg.arms:
+        if _role(arm) == ("gshard", "softmax"):
+            return arm.name
+    return cfg.arms[0].name
+
+
 def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) -> list[Path]:
-    """Three PNGs: loss curves, second-choice drop and load ratio over training, rank-1/rank-2 affinities."""
+    """Three PNGs: loss curves (with the paired training-loss difference to the baseline arm: same seed, same
+    batches, so most batch noise cancels), second-choice drop and load ratio over training, rank-1/rank-2
+    affinities. Each curve is the mean over seeds; the band spans min..max over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,47 +107,60 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [a.name for a in cfg.arms if any(k[0] == a.name for k in summary.logs)]
     colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
+    styles = {n: ("-", "--", "-.", ":")[i % 4] for i, n in enumerate(names)}
     steps = max(int(log["step"].iloc[-1]) for log in summary.logs.values())
-    span = max(5, steps // 40)
+    span = max(5, steps // 15)
+    base = _baseline_arm(cfg)
     panels = {
-        "loss_curves.png": [("val_loss", "validation loss (nats/byte, t = 1)", False),
-                            ("train_loss", "training loss (nats/byte, EMA)", True)],
-        "drop_load.png": [("second_choice_drop_rate", "second-choice drop rate (EMA)", True),
-                          ("mean_load_ratio", "mean load ratio sum(load)/(E*C) (EMA)", True)],
-        "affinity.png": [("rank1_affinity", "mean rank-1 affinity (EMA)", True),
-                         ("rank2_affinity", "mean rank-2 affinity (EMA)", True)],
+        "loss_curves.png": [("val_loss", "validation loss (nats/byte, t = 1)", "raw"),
+                            ("train_loss", "training loss (nats/byte, EMA)", "ema"),
+                            ("train_loss", f"training loss − {base}, same seed and batches (EMA)", "diff")],
+        "drop_load.png": [("second_choice_drop_rate", "second-choice drop rate (EMA)", "ema"),
+                          ("mean_load_ratio", "mean load ratio sum(load)/(E*C) (EMA)", "ema")],
+        "affinity.png": [("rank1_affinity", "mean rank-1 affinity (EMA)", "ema"),
+                         ("rank2_affinity", "mean rank-2 affinity (EMA)", "ema")],
     }
     written = []
     for filename, specs in panels.items():
-        fig, axes = plt.subplots(1, len(specs), figsize=(6 * len(specs), 4.2))
-        for ax, (key, title, smooth) in zip(axes, specs):
+        fig, axes = plt.subplots(1, len(specs), figsize=(5.5 * len(specs), 4.2))
+        for ax, (key, title, mode) in zip(axes, specs):
             plotted = []
             for name in names:
                 curves = []
-                for (arm, _seed), log in summary.logs.items():
+                for (arm, seed), log in summary.logs.items():
                     if arm != name or key not in log:
                         continue
                     s = log.set_index("step")[key].dropna()
-                    curves.append(_smooth(s, span) if smooth else s)
+                    if mode == "diff":
+                        ref = summary.logs.get((base, seed))
+                        if ref is None or name == base:
+                            continue
+                        s = s - ref.set_index("step")[key]
+                    curves.append(s if mode == "raw" else _smooth(s.dropna(), span))
                 if not curves:
                     continue
                 frame = pd.concat(curves, axis=1)
                 mean = frame.mean(axis=1)
                 plotted.append(mean)
-                ax.plot(mean.index, mean.values, color=colors[name], label=f"{name} (n={frame.shape[1]})", lw=1.4)
+                ax.plot(mean.index, mean.values, color=colors[name], ls=styles[name], lw=1.5,
+                        label=f"{name} (n={frame.shape[1]})")
                 if frame.shape[1] > 1:
-                    ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.15)
-            ax.set_title(title, fontsize=10)
+                    ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.12)
+            ax.set_title(title, fontsize=9)
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
-            if key.endswith("loss") and plotted:
+            if mode == "diff":
+                ax.axhline(0.0, color="black", lw=0.8)
+            if key.endswith("loss") and mode != "diff" and plotted:
                 # Zoom past the first 10% of training, where every curve falls from ln(256) and hides the gaps.
                 later = pd.concat([m[m.index >= 0.1 * steps] for m in plotted])
                 if len(later) and later.max() > later.min():
                     lo, hi = later.min(), later.max()
                     ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-        axes[0].legend(fontsize=8)
-        fig.suptitle(f"{cfg.source}: mean over seeds, band = min..max", fontsize=10)
+            if ax is axes[0] or mode == "diff":
+                ax.legend(fontsize=7)
+        fig.suptitle(f"{cfg.source}" + (f" --profile {cfg.profile}" if cfg.profile else "")
+                     + ": mean over seeds, band = min..max over seeds", fontsize=10)
         fig.tight_layout()
         path = out_dir / filename
         fig.savefig(path, dpi=110)
@@ -160,7 +183,8 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
             by_role[_role(arm)] = (arm.name, row.iloc[0])
     missing = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in by_role]
     if missing:
-        return [f"The paper's 2×2 cannot be checked: no results for {', '.join(missing)}."]
+        lines = [f"The paper's 2×2 cannot be checked yet: no results for {', '.join(missing)}."]
+        return lines + _paired_lines(summary, by_role) if ("gshard", "softmax") in by_role else lines
     ours = sorted(PAPER_ORDER, key=lambda r: by_role[r][1]["val_loss_mean"])
     lines = [
         "Paper (average accuracy, higher is better): " + " > ".join(
@@ -178,22 +202,34 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
             f"**The paper's full ordering does not hold at this scale.** Flow + SoftTopk is "
             f"{'the best' if best else 'not the best'} of the 2×2; GShard is {'the worst' if base_worst else 'not the worst'}."
         )
+    return lines + _paired_lines(summary, by_role)
+
+
+def _paired_lines(summary: AblationSummary, by_role: dict) -> list[str]:
     try:
-        from scipy.stats import ttest_ind
+        from scipy.stats import ttest_rel
     except ImportError:  # scipy is a dependency; keep the report readable without it anyway
-        return lines
+        return []
+    lines = [""]
+    lines.append("Differences to GShard in final validation loss, paired by seed (same initial weights and batches), "
+                 "with a paired t-test over seeds:")
     base_name = by_role[("gshard", "softmax")][0]
-    base = summary.runs[summary.runs["arm"] == base_name]["final_val_loss"]
-    for role in PAPER_ORDER[:3]:
-        name = by_role[role][0]
-        other = summary.runs[summary.runs["arm"] == name]["final_val_loss"]
-        diff = other.mean() - base.mean()
-        if len(other) >= 2 and len(base) >= 2:
-            p = float(ttest_ind(other, base, equal_var=False).pvalue)
-            verdict = "larger than the seed spread (p < 0.05)" if p < 0.05 else "within the seed spread (not significant)"
-            lines.append(f"- {PAPER_LABEL[role]} − GShard: {diff:+.4f} nats/byte, Welch p = {p:.3f}: {verdict}.")
+    base = summary.runs[summary.runs["arm"] == base_name].set_index("seed")["final_val_loss"]
+    labels = {name: PAPER_LABEL[role] for role, (name, _) in by_role.items() if role in PAPER_LABEL}
+    for name in summary.arms["arm"]:
+        if name == base_name:
+            continue
+        label = f"{labels[name]} (`{name}`)" if name in labels else f"`{name}`"
+        other = summary.runs[summary.runs["arm"] == name].set_index("seed")["final_val_loss"]
+        seeds = sorted(set(base.index) & set(other.index))
+        diff = (other[seeds] - base[seeds])
+        if len(seeds) >= 2:
+            p = float(ttest_rel(other[seeds], base[seeds]).pvalue)
+            verdict = "larger than the seed-to-seed spread (p < 0.05)" if p < 0.05 else "not significant at p < 0.05"
+            lines.append(f"- {label} − GShard: {diff.mean():+.4f} ± {diff.std():.4f} nats/byte over "
+                         f"{len(seeds)} seeds ({int((diff < 0).sum())} of {len(seeds)} lower), p = {p:.3f}: {verdict}.")
         else:
-            lines.append(f"- {PAPER_LABEL[role]} − GShard: {diff:+.4f} nats/byte (one seed: no significance test).")
+            lines.append(f"- {label} − GShard: {diff.mean():+.4f} nats/byte (fewer than two paired seeds: no test).")
     return lines
 
 
