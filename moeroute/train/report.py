@@ -157,7 +157,7 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
                 if len(later) and later.max() > later.min():
                     lo, hi = later.min(), later.max()
                     ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-            if ax is axes[0] or mode == "diff":
+            if plotted and (ax is axes[0] or mode == "diff"):
                 ax.legend(fontsize=7)
         fig.suptitle(f"{cfg.source}" + (f" --profile {cfg.profile}" if cfg.profile else "")
                      + ": mean over seeds, band = min..max over seeds", fontsize=10)
