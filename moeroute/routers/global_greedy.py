@@ -13,23 +13,37 @@ from moeroute.routing import Routing, slots_from_mask
 
 
 def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """How many alive pairs precede each pair in its list: ``alive`` ``[G, T*E]`` (flat), ``perm`` ``[G, T*E]``
+    """How many alive pairs come up to and including each pair in its list: ``alive`` int32 ``[G, T*E]`` (flat;
+    int32 because gathering bools is slower), ``perm`` ``[G, T*E]``
     the flat pair ids list by list (``shape`` = ``[G, lists, list length]``), ``inverse`` its inverse."""
-    seen = torch.cumsum(torch.gather(alive, 1, perm).view(shape), dim=2, dtype=torch.int32)
+    seen = torch.cumsum(torch.gather(alive, 1, perm).view(shape), dim=2)
     return torch.gather(seen.view(alive.shape), 1, inverse)
+
+
+def descending_key(values: torch.Tensor) -> torch.Tensor:
+    """int64 keys whose ascending order is the descending order of float32 ``values`` (equal values, equal keys).
+
+    Sorting integers is far faster than sorting floats in torch on CPU (measured on [8, 8192]: 1.4 ms against
+    12.8 ms), so the orders below sort these keys. The float's bits, with the non-sign bits flipped for negatives,
+    are a monotone signed integer; ``+ 0.0`` first turns ``-0.0`` into ``+0.0``.
+    """
+    bits = (values.float() + 0.0).view(torch.int32)
+    mono = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    return -mono
 
 
 def _flat_orders(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat pair ids ``t*E + e`` ``[G, T*E]`` listed token by token (each token's experts best first) and expert by
-    expert (each expert's tokens best first), with their inverse permutations. Stable sorts: ties keep the lower
-    ``t`` or ``e`` first, as the sequential definition's tie rule does."""
+    expert (each expert's tokens best first), with their inverse permutations. Stable sorts of the flat ids: ties
+    keep the lower ``t*E + e`` first, as the sequential definition's tie rule does."""
     g, t, e = scores.shape
-    ids = torch.arange(t * e, device=scores.device).view(1, t, e).expand(g, t, e)
-    tok = torch.sort(scores, dim=2, descending=True, stable=True).indices
-    tok_perm = torch.gather(ids, 2, tok).reshape(g, t * e)
-    exp = torch.sort(scores.transpose(1, 2).contiguous(), dim=2, descending=True, stable=True).indices  # [G, E, T]
-    exp_perm = (exp * e + torch.arange(e, device=scores.device).view(1, e, 1)).reshape(g, t * e)
-    flat = torch.arange(t * e, device=scores.device).expand(g, t * e)
+    device = scores.device
+    key = descending_key(scores) + (1 << 32)  # in [0, 2^33): room for a list id above it
+    tok_id = torch.arange(t, device=device).view(1, t, 1)
+    exp_id = torch.arange(e, device=device).view(1, 1, e)
+    tok_perm = torch.sort((key + (tok_id << 34)).reshape(g, t * e), dim=1, stable=True).indices
+    exp_perm = torch.sort((key + (exp_id << 34)).reshape(g, t * e), dim=1, stable=True).indices
+    flat = torch.arange(t * e, device=device).expand(g, t * e)
     tok_inv = torch.empty_like(tok_perm).scatter_(1, tok_perm, flat)
     exp_inv = torch.empty_like(exp_perm).scatter_(1, exp_perm, flat)
     return tok_perm, tok_inv, exp_perm, exp_inv
@@ -58,10 +72,10 @@ def greedy_assignment(scores: torch.Tensor, k: int, capacity: Optional[int]) -> 
     room_exp = torch.full((g, 1, e), cap, dtype=torch.int32, device=scores.device)
     rounds = 0
     while True:
-        alive = ~accepted & (room_tok > 0) & (room_exp > 0)
+        alive = ~accepted & torch.logical_and(room_tok > 0, room_exp > 0)
         if not bool(alive.any()):
             break
-        flat = alive.view(g, t * e)
+        flat = alive.view(g, t * e).to(torch.int32)
         # rank < room  <=>  (alive pairs up to and including this one) <= room, for an alive pair
         ok_tok = _rank_among(flat, tok_perm, tok_inv, (g, t, e)).view(g, t, e) <= room_tok
         ok_exp = _rank_among(flat, exp_perm, exp_inv, (g, e, t)).view(g, t, e) <= room_exp
