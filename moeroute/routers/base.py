@@ -76,30 +76,28 @@ def balanced_auction(scores: torch.Tensor, eps: float, max_rounds: int) -> tuple
     g, t, e = scores.shape
     per = t // e
     device = scores.device
-    s = scores.double()
+    s = scores.transpose(1, 2).double().contiguous()  # [G, E, T]: each expert's row of tokens, contiguous
     span = (s.amax(dim=(1, 2)) - s.amin(dim=(1, 2))).clamp(min=1e-12)
     step = (eps * span).view(g, 1, 1)
-    price = torch.zeros(g, t, dtype=s.dtype, device=device)
+    price = torch.zeros(g, 1, t, dtype=s.dtype, device=device)
     owner = torch.full((g, t), -1, dtype=torch.long, device=device)
     neg = torch.tensor(-float("inf"), dtype=s.dtype, device=device)
     experts_idx = torch.arange(e, device=device)
+    ranks = torch.arange(per + 1, device=device).view(1, 1, -1)
     rounds = 0
     if e == 1:
         owner.zero_()
     while rounds < max_rounds and bool((owner < 0).any()):
-        held = owner.unsqueeze(2) == experts_idx  # [G, T, E]
-        free = per - held.sum(dim=1)  # [G, E]
-        value = torch.where(held, neg, s - price.unsqueeze(2))
-        top = torch.topk(value, per + 1, dim=1)  # [G, per+1, E]: each expert's best tokens it does not hold
-        w = torch.gather(top.values, 1, free.unsqueeze(1)).squeeze(1)  # [G, E]: the (f+1)-th best value
-        bidding = torch.arange(per + 1, device=device).view(1, -1, 1) < free.unsqueeze(1)  # [G, per+1, E]
-        bid = torch.gather(s, 1, top.indices) - w.unsqueeze(1) + step
-        bids = torch.full_like(s, -float("inf"))
-        bids.scatter_(1, top.indices, torch.where(bidding, bid, neg))
-        high, bidder = bids.max(dim=2)  # [G, T]
+        held = owner.unsqueeze(1) == experts_idx.view(1, e, 1)  # [G, E, T]
+        free = per - held.sum(dim=2, keepdim=True)  # [G, E, 1]
+        top = torch.topk(torch.where(held, neg, s - price), per + 1, dim=2)  # best tokens each expert lacks
+        w = torch.gather(top.values, 2, free)  # [G, E, 1]: the (f+1)-th best value
+        bid = torch.where(ranks < free, torch.gather(s, 2, top.indices) - w + step, neg)
+        bids = torch.full_like(s, -float("inf")).scatter_(2, top.indices, bid)
+        high, bidder = bids.max(dim=1)  # [G, T]
         won = torch.isfinite(high)
         owner = torch.where(won, bidder, owner)
-        price = torch.where(won, high, price)
+        price = torch.where(won, high, price.squeeze(1)).unsqueeze(1)
         rounds += 1
     leftover = owner < 0
     placed = int(leftover.sum())
