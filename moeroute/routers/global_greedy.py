@@ -13,9 +13,10 @@ from moeroute.routing import Routing, slots_from_mask
 
 
 def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """How many alive pairs come up to and including each pair in its list: ``alive`` int32 ``[G, T*E]`` (flat;
-    int32 because gathering bools is slower), ``perm`` ``[G, T*E]``
-    the flat pair ids list by list (``shape`` = ``[G, lists, list length]``), ``inverse`` its inverse."""
+    """For each pair, how many alive pairs of its list come up to and including it, ``[G, T*E]``.
+
+    ``alive`` int32 ``[G, T*E]`` (flat; int32 because gathering bools is slower); ``perm`` ``[G, T*E]`` the flat
+    pair ids list after list (``shape`` = ``[G, lists, list length]``); ``inverse`` its inverse permutation."""
     seen = torch.cumsum(torch.gather(alive, 1, perm).view(shape), dim=2)
     return torch.gather(seen.view(alive.shape), 1, inverse)
 
