@@ -42,6 +42,17 @@ def test_golden(solver):
     assert route(logits, "base", k=1, capacity_factor=None).capacity == 2
 
 
+@pytest.mark.parametrize("solver", ["exact", "auction"])
+def test_golden_three_experts(solver):
+    # T/E = 2. t0, t1, t2 all prefer e0; one must leave. Moving t0 costs 0.7, t1 0.5 (to e1), t2 only 0.3 (to e2).
+    # Then e2 = {t4, t2} is full, so t5 takes e1 (0.4) beside t3. Total 0.8+0.7+0.3+0.8+0.8+0.4 = 3.8; the next
+    # best (t1 -> e1, t5 -> e2) gives 3.6.
+    rows = [[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.6, 0.1, 0.3], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.4, 0.4]]
+    r = route(probs(rows), f"base:solver={solver},eps=0.001", k=1)
+    assert r.experts[0, :, 0].tolist() == [0, 0, 2, 1, 2, 1]
+    assert brute_force(torch.tensor(rows))[0] == pytest.approx(3.8)
+
+
 def brute_force(scores):
     """Best balanced assignment of one small group by enumerating every one."""
     t, e = scores.shape

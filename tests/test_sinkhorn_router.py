@@ -30,6 +30,15 @@ def test_golden_two_tokens_both_prefer_expert_0():
     assert torch.allclose(r.weights[0, :, 0], torch.tensor([logits[0, 0].softmax(0)[0], logits[0, 1].softmax(0)[1]]))
 
 
+def test_golden_circulant_three_experts():
+    # A circulant kernel has equal row sums and equal column sums, so it is balanced already: the plan is
+    # exp(L) / (T * row sum) and each token keeps its own ranking: top-2 = (t, t+1 mod 3).
+    logits = torch.tensor([[[2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0]]])
+    plan = balanced_plan(logits, SinkhornOptions(iters=10, tol=0)).log_plan.exp()[0]
+    assert torch.allclose(plan, logits[0].exp() / (3 * (math.e**2 + math.e + 1)), atol=1e-7)
+    assert route(logits, "sinkhorn", k=2).experts[0].tolist() == [[0, 1], [1, 2], [2, 0]]
+
+
 def test_marginals_match_pot():
     ot = pytest.importorskip("ot")
     for seed, eps in [(0, 1.0), (1, 0.5), (2, 0.2)]:
