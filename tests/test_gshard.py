@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loop_reference import gshard_loop
 from moeroute import route
 from moeroute.problem import make_input
 
@@ -49,28 +50,29 @@ def test_dropless_gives_every_token_its_top_k():
     assert r.load()[0].tolist() == [4, 3, 1]
 
 
-def gshard_loop(scores: torch.Tensor, k: int, capacity: int, policy: str) -> list:
-    """The definition, one token at a time (preferences from the same topk the router uses)."""
+def gshard_probs_loop(group: torch.Tensor, prefs: list, capacity: int) -> list:
+    """Drop policy ``probs``, one expert at a time: the ``capacity`` best-scoring proposals win (earlier
+    proposals, rank-major in token order, win ties)."""
+    t_count, e_count = group.shape
+    k = len(prefs[0])
+    slots = [[-1] * k for _ in range(t_count)]
+    for e in range(e_count):
+        wanting = [(r, t) for r in range(k) for t in range(t_count) if prefs[t][r] == e]
+        wanting.sort(key=lambda rt: -float(group[rt[1], e]))  # stable sort keeps proposal order on ties
+        for r, t in wanting[:capacity]:
+            slots[t][r] = e
+    return slots
+
+
+def gshard_reference(scores: torch.Tensor, k: int, capacity: int, policy: str) -> list:
+    """The definition per group (preferences from the same topk the router uses, so ties agree)."""
     out = []
     for group in scores:
         prefs = torch.topk(group, k, dim=-1).indices.tolist()
-        t_count, e_count = group.shape
-        slots = [[-1] * k for _ in range(t_count)]
         if policy == "position":
-            load = [0] * e_count
-            for r in range(k):
-                for t in range(t_count):
-                    e = prefs[t][r]
-                    if load[e] < capacity:
-                        load[e] += 1
-                        slots[t][r] = e
+            out.append(gshard_loop(prefs, group.shape[1], capacity))
         else:
-            for e in range(e_count):
-                wanting = [(r, t) for r in range(k) for t in range(t_count) if prefs[t][r] == e]
-                wanting.sort(key=lambda rt: -float(group[rt[1], e]))  # stable: earlier proposals win ties
-                for r, t in wanting[:capacity]:
-                    slots[t][r] = e
-        out.append(slots)
+            out.append(gshard_probs_loop(group, prefs, capacity))
     return out
 
 
@@ -87,5 +89,5 @@ def test_vectorised_gshard_matches_the_loop(g, t, e, k, cf, seed, policy, ties):
         logits = logits.round()
     x = make_input(logits, k, cf)
     r = route(logits, f"gshard:drop_policy={policy}", k=k, capacity_factor=cf)
-    assert r.indices().tolist() == gshard_loop(x.scores, k, x.capacity, policy)
+    assert r.indices().tolist() == gshard_reference(x.scores, k, x.capacity, policy)
     assert int(r.load().max()) <= x.capacity == math.ceil(round(cf * k * t / e, 9))
