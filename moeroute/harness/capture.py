@@ -70,7 +70,7 @@ def load_model(model: str, seed: int = 0) -> tuple[Any, Optional[Any]]:
             if not (path / "config.json").is_file():
                 raise MoeRouteError(f"{model}: no config.json in this directory")
             if any((path / f).is_file() for f in _WEIGHT_FILES):
-                net = tf.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+                net = tf.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
             else:
                 net = tf.AutoModelForCausalLM.from_config(tf.AutoConfig.from_pretrained(str(path), local_files_only=True))
             try:
