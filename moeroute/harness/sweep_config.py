@@ -34,6 +34,7 @@ import yaml
 
 from moeroute.errors import MoeRouteError
 from moeroute.harness.workloads import captured_tokens, check_workload, is_captured, parse_captured
+from moeroute.options import parse_spec
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import SOLVERS
 
@@ -164,17 +165,25 @@ def _seeds(where: str, value: Any) -> tuple[int, ...]:
 
 
 def _canonical_routers(where: str, specs: tuple[str, ...]) -> tuple[str, ...]:
-    """Bind every spec (unknown routers and options fail here, all named at once) and return canonical specs."""
-    out, bad = [], []
+    """Bind every spec and return canonical specs; unknown routers and bad options all fail here, named at once."""
+    out, unknown, bad = [], [], []
+    known = set(router_names())
     for spec in specs:
+        name = parse_spec(spec)[0]
+        if name not in known:
+            unknown.append(name)
+            continue
         try:
             out.append(bind_router(spec).spec)
         except MoeRouteError as exc:
-            bad.append(f"{spec!r} ({exc})")
-    if bad:
+            bad.append(f"{spec!r}: {exc}")
+    if unknown:
         raise MoeRouteError(
-            f"{where}: bad router spec(s): {'; '.join(bad)} [registered: {', '.join(router_names())}]"
+            f"{where}: unknown router(s) {', '.join(dict.fromkeys(unknown))} "
+            f"(registered: {', '.join(sorted(known))}; a router from another file needs --plugin FILE)"
         )
+    if bad:
+        raise MoeRouteError(f"{where}: bad router spec(s): {'; '.join(bad)}")
     return tuple(dict.fromkeys(out))
 
 
