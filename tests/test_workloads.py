@@ -126,3 +126,11 @@ def test_captured_path_without_key_and_grouped_file(tmp_path):
     torch.save(torch.randn(2, 64, 4), path)
     x = captured_logits(f"captured:{path}", groups=4, tokens=32, seed=0)
     assert x.shape == (4, 32, 4)
+
+
+def test_workloads_command_lists_every_family(capsys):
+    from moeroute.harness.cli import main
+
+    assert main(["workloads", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}:" in out for name in FAMILIES) and "captured:PATH[:KEY]" in out

@@ -133,6 +133,7 @@ def run_sweep(
                     console.print(f"[red]error[/red] {row['router']} on {point.label()}: {row['error']}")
                 if not show_bar:
                     console.print(f"[{n}/{len(todo)}] {point.label()}: {len(rows)} router(s)")
+            bar.update(task, description=f"{config.name}: done")
     return SweepSummary(points_run, written, skipped, errors, time.perf_counter() - start, path)
 
 

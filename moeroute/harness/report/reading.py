@@ -80,14 +80,14 @@ def load_ratio_reading(curves_by_workload: dict[str, dict[str, np.ndarray]]) -> 
         if not curves:
             continue
         full = [r for r, v in curves.items() if v.min() >= 1.0 - 1e-6 and v.max() <= 1.0 + 1e-6]
-        low = min(curves, key=lambda r: curves[r].min())
+        lows, value = _best(pd.Series({r: float(v.min()) for r, v in curves.items()}), tol=1e-9)
         text = f"`{workload}`: "
         text += f"every expert at exactly its capacity with {_names(full)}; " if full else "no router fills every expert; "
-        text += f"the emptiest expert is under `{low}` ({fmt_number(curves[low].min(), 2)} of C)"
+        text += f"the least loaded expert is emptiest under {_names(lows)} ({fmt_number(value, 2)} of C on average)"
         over = {r: v.max() for r, v in curves.items() if v.max() > 1.0 + 1e-6}
         if over:
             top = max(over, key=over.get)
-            text += f"; above capacity: `{top}` up to {fmt_number(over[top], 2)}x C (no cap)"
+            text += f"; above capacity: the most loaded expert of `{top}` averages {fmt_number(over[top], 2)}x C (no cap)"
         lines.append(text + ".")
     return lines
 
