@@ -267,7 +267,6 @@ def load_config(path: str) -> SweepConfig:
         grids_raw = [{}]
     if not isinstance(grids_raw, list) or not grids_raw or not all(isinstance(g, dict) for g in grids_raw):
         raise MoeRouteError(f"{path}: 'grid' must be a non-empty list of tables")
-    top.pop("name", None)
     grids = [_grid(f"{path}: grid {i}", {**DEFAULTS, **top, **g}, i) for i, g in enumerate(grids_raw)]
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
