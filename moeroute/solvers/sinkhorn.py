@@ -1,4 +1,10 @@
-"""Entropic optimal transport by Sinkhorn iterations in the log domain, batched over groups, on any device."""
+"""Entropic optimal transport by Sinkhorn iterations, batched over groups, on any device.
+
+The inner loop scales in the exp domain (two batched matrix-vector products per iteration, ~8x cheaper than
+log-sum-exp on CPU, reference note §4) and is stabilised in the log domain (Schmitzer 2019, "absorption"): the
+scalings are folded into log potentials whenever the convergence is checked, so the kernel never overflows, and
+the first half-steps are taken in the log domain so it starts on the right scale.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,11 @@ class SinkhornResult:
     error: float
 
 
+_ABSORB_AT = 30.0
+"""Absorb the scalings into the log potentials once one of them reaches ``exp(±30)``: far from float32's
+``exp(±87)`` limit, so the next ``check_every`` iterations cannot overflow in practice."""
+
+
 def _safe_log(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, torch.log(x.clamp(min=torch.finfo(x.dtype).tiny)), torch.full_like(x, -float("inf")))
 
@@ -24,6 +35,15 @@ def _safe_log(x: torch.Tensor) -> torch.Tensor:
 def _minus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a - b`` where ``-inf - -inf`` (a zero marginal on an all-zero row) is ``-inf``, not NaN."""
     return torch.where(torch.isinf(a) & (a < 0), a, a - b)
+
+
+def _ratio(marginal: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left)."""
+    return torch.where(mass > 0, marginal / mass.clamp(min=torch.finfo(mass.dtype).tiny), torch.zeros_like(mass))
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def sinkhorn_log(
@@ -40,21 +60,72 @@ def sinkhorn_log(
     The totals must balance per group (``row.sum() == col.sum()``); give unbalanced problems a slack row or column.
     Stops after ``max_iters`` or once the row error is below ``tol * max(row_marginals)`` (checked every
     ``check_every`` iterations, since each check syncs a GPU). ``-inf`` kernel entries stay exactly zero.
+    The result equals the plain log-domain iteration (:func:`sinkhorn_log_reference`) up to rounding.
     """
     log_r = _safe_log(row_marginals)
     log_c = _safe_log(col_marginals)
-    f = torch.zeros_like(log_r)
-    g = torch.zeros_like(log_c)
     scale = float(row_marginals.max()) if row_marginals.numel() else 1.0
-    error = float("inf")
-    it = 0
-    for it in range(1, max_iters + 1):
-        f = _minus(log_r, torch.logsumexp(log_kernel + g.unsqueeze(1), dim=2))
-        g = _minus(log_c, torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1))
+    # First iteration in the log domain: potentials f [G, T], g [G, E] put every row and column on its scale.
+    f = _minus(log_r, torch.logsumexp(log_kernel, dim=2))
+    g = _minus(log_c, torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1))
+    kernel = _scaled_kernel(log_kernel, f, g)
+    # Both products as row-vector x matrix: on CPU, [1, E] x [E, T] is ~8x faster than [T, E] x [E, 1].
+    kernel_t = kernel.transpose(1, 2).contiguous()
+    u = torch.ones_like(row_marginals)
+    v = torch.ones_like(col_marginals)
+    error = _check(kernel_t, u, v, row_marginals)[0] if max_iters <= 1 or check_every == 1 else float("inf")
+    it = 1
+    while it < max_iters and not error <= tol * scale:
+        it += 1
+        u = _ratio(row_marginals, torch.bmm(v.unsqueeze(1), kernel_t).squeeze(1))
+        v = _ratio(col_marginals, torch.bmm(u.unsqueeze(1), kernel).squeeze(1))
         if it % check_every == 0 or it == max_iters:
-            rows = torch.logsumexp(log_kernel + f.unsqueeze(2) + g.unsqueeze(1), dim=2).exp()
-            error = float((rows - row_marginals).abs().max())
-            if error <= tol * scale:
-                break
+            error, spread = _check(kernel_t, u, v, row_marginals)
+            if spread > _ABSORB_AT and it < max_iters:
+                # Fold the scalings into the potentials and rebuild the kernel before u or v can overflow.
+                f = f + _safe_log(u)
+                g = g + _safe_log(v)
+                kernel = _scaled_kernel(log_kernel, f, g)
+                kernel_t = kernel.transpose(1, 2).contiguous()
+                u = torch.ones_like(u)
+                v = torch.ones_like(v)
+    f = f + _safe_log(u)
+    g = g + _safe_log(v)
     log_plan = log_kernel + f.unsqueeze(2) + g.unsqueeze(1)
     return SinkhornResult(torch.nan_to_num(log_plan, nan=-float("inf")), it, error)
+
+
+def _scaled_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``exp(log_kernel + f + g)`` ``[G, T, E]``, exactly 0 on rows or columns whose potential is infinite (a zero
+    marginal, or an infeasible row with no kernel at all)."""
+    ok = torch.isfinite(f).unsqueeze(2) & torch.isfinite(g).unsqueeze(1)
+    k = torch.exp(log_kernel + _finite(f).unsqueeze(2) + _finite(g).unsqueeze(1))
+    return torch.where(ok, k, torch.zeros_like(k))
+
+
+def _check(kernel_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
+    """Max absolute row-marginal error of the plan ``u K v`` (``kernel_t`` = ``K`` transposed) and the largest
+    ``|log|`` of a positive scaling, in one device sync."""
+    mass = u * torch.bmm(v.unsqueeze(1), kernel_t).squeeze(1)
+    error = (mass - rows).abs().max()
+    logs = torch.cat([_finite(_safe_log(u)).abs().flatten(), _finite(_safe_log(v)).abs().flatten()])
+    error, spread = torch.stack([error, logs.max()]).tolist()
+    return error, spread
+
+
+def sinkhorn_log_reference(
+    log_kernel: torch.Tensor,
+    row_marginals: torch.Tensor,
+    col_marginals: torch.Tensor,
+    max_iters: int = 50,
+) -> torch.Tensor:
+    """The plain log-domain iteration, ``max_iters`` row+column updates by log-sum-exp: the definition that
+    :func:`sinkhorn_log` computes faster. Returns the log plan ``[G, T, E]``."""
+    log_r = _safe_log(row_marginals)
+    log_c = _safe_log(col_marginals)
+    g = torch.zeros_like(log_c)
+    f = torch.zeros_like(log_r)
+    for _ in range(max_iters):
+        f = _minus(log_r, torch.logsumexp(log_kernel + g.unsqueeze(1), dim=2))
+        g = _minus(log_c, torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1))
+    return torch.nan_to_num(log_kernel + f.unsqueeze(2) + g.unsqueeze(1), nan=-float("inf"))
