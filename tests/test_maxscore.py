@@ -15,7 +15,10 @@ from conftest import seeded_logits
 from moeroute import evaluate, route
 from moeroute.augment import _push_graph, augment_open_slots, held_mask
 from moeroute.errors import MoeRouteError
+from moeroute.harness.metrics import routing_metrics
 from moeroute.harness.workloads import synthetic_logits
+from moeroute.problem import make_input
+from moeroute.routers import bind_router
 from moeroute.routers.maxscore import argmax_top1, greedy_top1
 from moeroute.solvers import solve_optimum
 from moeroute.solvers.sinkhorn import sinkhorn_log, sinkhorn_log_reference
@@ -91,7 +94,7 @@ def test_greedy_drops_only_when_every_expert_is_full() -> None:
     assert first.tolist() == [[0, 1, -1, -1]]  # ties go to the lowest id; then both experts are full
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     tokens=st.integers(1, 30),
@@ -150,7 +153,7 @@ def test_optimum_bounds_maxscore_on_the_golden_case() -> None:
 
 @pytest.mark.parametrize("stage2", STAGE2)
 def test_stage2_fills_every_feasible_slot_and_exact_is_optimal(stage2: str) -> None:
-    for seed in range(12):
+    for seed in range(8):
         logits = seeded_logits(1, 5, 3, seed=seed, skew=1.5)
         for cf in (0.75, 1.0):
             r = route(logits, f"maxscore:stage2={stage2}", k=2, capacity_factor=cf)
@@ -222,12 +225,13 @@ def test_invariants(seed, groups, tokens, experts, k, cf, kind, stage1, stage2) 
     r = route(logits, f"maxscore:stage1={stage1},stage2={stage2}", k=k, capacity_factor=cf)  # route() checks
     m = evaluate(logits, r, k=k, capacity_factor=cf, optimum=False)
     assert 0.0 <= m.slot_drop_rate <= 1.0 and 0.0 <= m.token_drop_rate <= 1.0
-    # Filled slots are as many as the network carries whenever stage 1 did not cost any (exact residual flow).
-    per_group = r.assigned().sum(dim=(1, 2))
-    assert bool((per_group <= min(k * tokens, experts * r.capacity)).all())
-    if stage1 == "greedy":
-        # Slot 0 holds the stage-1 expert: the best expert that had room.
-        assert bool(((r.experts[:, :, 0] >= 0) | (r.assigned().sum(2) == 0)).all())
+    # Every variant fills as many slots as the residual network carries (the exact residual max flow).
+    exact = route(logits, f"maxscore:stage1={stage1},stage2=exact", k=k, capacity_factor=cf)
+    assert torch.equal(r.assigned().sum(dim=(1, 2)), exact.assigned().sum(dim=(1, 2)))
+    assert bool((r.assigned().sum(dim=(1, 2)) <= min(k * tokens, experts * r.capacity)).all())
+    # Slots are compact and ranked: a token with any expert has slot 0 (its stage-1 expert when it had one).
+    assert bool(((r.experts[:, :, 0] >= 0) | (r.assigned().sum(2) == 0)).all())
+    assert bool((r.assigned()[:, :, :-1] >= r.assigned()[:, :, 1:]).all())
 
 
 @pytest.mark.parametrize("stage2", STAGE2)
@@ -249,21 +253,21 @@ def test_bad_options_are_one_line_errors() -> None:
 
 def test_sinkhorn_matches_the_log_domain_definition() -> None:
     gen = torch.Generator().manual_seed(0)
-    scores = torch.randn(3, 64, 8, generator=gen).softmax(-1)
-    kernel = torch.full((3, 65, 9), -math.inf)
-    kernel[:, :64, :8] = scores / 0.01
-    kernel[:, :64, 8] = 0.0
+    scores = torch.randn(2, 32, 8, generator=gen).softmax(-1)
+    kernel = torch.full((2, 33, 9), -math.inf)
+    kernel[:, :32, :8] = scores / 0.01
+    kernel[:, :32, 8] = 0.0
     kernel[:, 0, 3] = -math.inf
-    rows = torch.cat([torch.ones(3, 64), torch.zeros(3, 1)], 1)
-    cols = torch.cat([torch.full((3, 8), 7.0), torch.full((3, 1), 8.0)], 1)
-    for iters in (1, 7, 60):
+    rows = torch.cat([torch.ones(2, 32), torch.zeros(2, 1)], 1)
+    cols = torch.cat([torch.full((2, 8), 3.5), torch.full((2, 1), 4.0)], 1)
+    for iters in (1, 7, 40):
         fast = sinkhorn_log(kernel, rows, cols, iters, tol=0.0)
         ref = sinkhorn_log_reference(kernel, rows, cols, iters)
         assert fast.iterations == iters
         assert torch.allclose(fast.log_plan.exp(), ref.exp(), atol=2e-5)
-        assert bool(torch.isneginf(fast.log_plan[:, 0, 3]).all()) and bool(torch.isneginf(fast.log_plan[:, 64]).all())
-    converged = sinkhorn_log(kernel * 0.1, rows, cols, 500, tol=1e-6)
-    assert converged.iterations < 500
+        assert bool(torch.isneginf(fast.log_plan[:, 0, 3]).all()) and bool(torch.isneginf(fast.log_plan[:, 32]).all())
+    converged = sinkhorn_log(kernel * 0.1, rows, cols, 300, tol=1e-6)
+    assert converged.iterations < 300
     plan = converged.log_plan.exp()
     assert torch.allclose(plan.sum(2), rows, atol=1e-4) and torch.allclose(plan.sum(1), cols, atol=1e-4)
 
@@ -274,8 +278,8 @@ def test_sinkhorn_matches_pot() -> None:
     cost = torch.rand(20, 6, generator=gen, dtype=torch.float64)
     a = torch.full((20,), 1 / 20, dtype=torch.float64)
     b = torch.softmax(torch.randn(6, generator=gen, dtype=torch.float64), 0)
-    ours = sinkhorn_log((-cost / 0.1)[None], a[None], b[None], 2000, tol=1e-10).log_plan.exp()[0]
-    theirs = torch.as_tensor(ot.sinkhorn(a.numpy(), b.numpy(), cost.numpy(), 0.1, numItermax=20000, stopThr=1e-12))
+    ours = sinkhorn_log((-cost / 0.5)[None], a[None], b[None], 300, tol=1e-12).log_plan.exp()[0]
+    theirs = torch.as_tensor(ot.sinkhorn(a.numpy(), b.numpy(), cost.numpy(), 0.5, numItermax=10000, stopThr=1e-13))
     assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-9)
 
 
@@ -291,12 +295,17 @@ def test_sinkhorn_stops_at_tolerance() -> None:
 @pytest.mark.parametrize("workload", ["gauss", "skew"])
 def test_quality_at_the_paper_setting(workload: str) -> None:
     logits = synthetic_logits(workload, 4, 512, 16, seed=0)
-    specs = [f"maxscore:stage2={s}" for s in STAGE2]
-    metrics = {m.router.split("=")[-1]: m for m in evaluate(logits, specs, k=2, capacity_factor=1.0, repeats=1)}
-    for m in metrics.values():
+    x = make_input(logits, 2, 1.0)
+    optimum = float(solve_optimum(x.scores, 2, x.capacity).objective.sum())
+    objectives = {}
+    for stage2 in STAGE2:
+        r = bind_router(f"maxscore:stage2={stage2}")(x)
+        r.check()
+        m = routing_metrics(x, r)
         assert m.slot_drop_rate == 0.0
         assert m.mean_load_ratio == pytest.approx(1.0, abs=1e-12)
-        assert m.optimum >= m.objective - 1e-6  # the MCMF optimum bounds every variant
-    best = metrics["exact"].objective
-    assert all(m.objective <= best + 1e-6 for m in metrics.values())
-    assert (best - metrics["sinkhorn"].objective) / best < 0.005
+        assert optimum >= m.objective - 1e-6  # the MCMF optimum bounds every variant
+        objectives[stage2] = m.objective
+    best = objectives["exact"]
+    assert all(o <= best + 1e-6 for o in objectives.values())
+    assert (best - objectives["sinkhorn"]) / best < 0.005

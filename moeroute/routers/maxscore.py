@@ -34,13 +34,18 @@ _NEG = -float("inf")
 class MaxScoreOptions:
     """``stage1``: greedy | argmax. ``stage2``: sinkhorn | exact | iterative. Sinkhorn knobs: ``eps`` (entropic
     temperature, in score units: the kernel is ``exp(S / eps)``), ``iters`` (iteration cap), ``tol`` (stop once
-    the row marginals are within ``tol``). ``repair``: finish with augmenting paths so every feasible slot fills."""
+    the row marginals are within ``tol``). ``repair``: finish with augmenting paths so every feasible slot fills.
+
+    Defaults measured at T=512, E=16, k=2, cf=1 (3 seeds x 8 groups, gap of the objective to ``stage2=exact``):
+    eps=0.02 plateaus at 0.15% (gauss) / 0.11% (skew) after 10 iterations; eps=0.01 reaches 0.12% / 0.06% in
+    20-30 (where tol=1e-2 stops); eps=0.005 needs 50-100 for 0.11% / 0.05%; eps=0.002 needs 100 for 0.09% /
+    0.05% and is 0.4% / 0.9% off at 10. The rounding, not the iteration count, dominates the rest."""
 
     stage1: Literal["greedy", "argmax"] = "greedy"
     stage2: Literal["sinkhorn", "exact", "iterative"] = "sinkhorn"
     iters: int = 50
     eps: float = 0.01
-    tol: float = 1e-3
+    tol: float = 1e-2
     repair: bool = True
 
     def validate(self) -> None:
