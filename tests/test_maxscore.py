@@ -116,6 +116,17 @@ def test_argmax_stage1_keeps_the_first_comers() -> None:
     scores = torch.tensor([[[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]]])
     first, overflow = argmax_top1(scores, 2)
     assert first.tolist() == [[0, 0, -1, 1]] and overflow == 1
+    # With k = 1 (C = 2) the overflowed token's one slot is filled in stage 2, with the room left on expert 1.
+    for stage2 in STAGE2:
+        r = route(scores.log(), f"maxscore:stage1=argmax,stage2={stage2}", k=1, capacity_factor=1.0)
+        assert r.experts[0].tolist() == [[0], [0], [1], [1]] and r.meta["stage1_overflow"] == 1
+
+
+def test_meta_records_the_stages() -> None:
+    logits = synthetic_logits("skew", 1, 64, 8, seed=0)
+    r = route(logits, "maxscore", k=2, capacity_factor=1.0)
+    assert r.meta["stage1_rounds"] >= 2 and r.meta["stage1_diverted"] > 0 and r.meta["sinkhorn_iters"] >= 1
+    assert "repaired_slots" in r.meta
 
 
 # ---------------------------------------------------------------- stage 2, golden
