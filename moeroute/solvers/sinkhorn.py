@@ -134,3 +134,75 @@ def sinkhorn_log_reference(
         f = _minus(log_r, torch.logsumexp(log_kernel + g.unsqueeze(1), dim=2))
         g = _minus(log_c, torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1))
     return torch.nan_to_num(log_kernel + f.unsqueeze(2) + g.unsqueeze(1), nan=-float("inf"), neginf=-float("inf"))
+
+
+def _capped_potential(a: torch.Tensor, capped: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
+    """The log scaling ``f`` ``[B, N]`` with ``sum_j min(exp(a_j + f), 1 if capped_j else inf) = marginal`` over the
+    last dim of ``a`` ``[B, N, M]``: the KL projection of one row onto its marginal with cells capped at 1.
+
+    With the ``j`` largest capped cells saturated, ``f_j = log(marginal - j) - logsumexp(a of the others)``; the
+    answer is the smallest ``j`` whose saturated cells are all >= 1 and whose next capped cell is <= 1.
+    """
+    neg = torch.full_like(a, -float("inf"))
+    key = torch.where(capped, a, neg)
+    # Capped cells by decreasing a; uncapped ones sort as -inf, after every finite capped cell, so they are in
+    # every suffix that matters and can never be taken as saturated (their key fails the >= 1 test).
+    order = torch.sort(key, dim=-1, descending=True).indices
+    a_sorted = torch.gather(a, -1, order)
+    key_sorted = torch.gather(key, -1, order)
+    m = a.shape[-1]
+    # suffix[j] = logsumexp(a_sorted[j:]), j = 0..m (suffix[m] = -inf).
+    # Suffix log-sum-exp by a reversed cumsum in float64 around the row max (logcumsumexp was 10x slower on CPU;
+    # float64 keeps 700 nats of range, far more than a kernel S/eps plus potentials spans).
+    top = torch.where(torch.isfinite(a_sorted), a_sorted, neg).amax(dim=-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    mass = torch.exp((a_sorted - top).double())
+    suffix = (torch.log(torch.flip(torch.cumsum(torch.flip(mass, [-1]), dim=-1), [-1])) + top.double()).to(a.dtype)
+    suffix = torch.cat([suffix, torch.full_like(suffix[..., :1], -float("inf"))], dim=-1)
+    j = torch.arange(m + 1, device=a.device, dtype=a.dtype)
+    left = marginal.unsqueeze(-1) - j
+    f = torch.where(left > 0, torch.log(left.clamp(min=torch.finfo(a.dtype).tiny)), neg[..., :1].expand_as(left)) - suffix
+    prev = torch.cat([torch.full_like(key_sorted[..., :1], float("inf")), key_sorted], dim=-1)  # cell j-1, saturated
+    nxt = torch.cat([key_sorted, torch.full_like(key_sorted[..., :1], -float("inf"))], dim=-1)  # cell j, not
+    ok = (left > 0) & torch.isfinite(f) & (prev + f >= -1e-6) & (nxt + f <= 1e-6)
+    first = torch.argmax(ok.to(torch.int8), dim=-1, keepdim=True)
+    out = torch.gather(f, -1, first).squeeze(-1)
+    # A zero marginal (or an infeasible row) gets -inf: its cells carry nothing.
+    return torch.where(torch.gather(ok, -1, first).squeeze(-1), out, torch.full_like(out, -float("inf")))
+
+
+def sinkhorn_capped_log(
+    log_kernel: torch.Tensor,
+    row_marginals: torch.Tensor,
+    col_marginals: torch.Tensor,
+    capped: torch.Tensor,
+    max_iters: int = 50,
+    tol: float = 1e-4,
+    check_every: int = 5,
+) -> SinkhornResult:
+    """Sinkhorn with a cap of 1 on the cells where ``capped`` ``[G, T, E]`` is true: alternate KL projections of
+    ``P = min(exp(log_kernel + f + g), 1)`` onto the row and the column marginals, each solved exactly per row or
+    column by a sort (:func:`_capped_potential`). Capping the columns too matters: with plain column updates the
+    iteration stalled far from feasible (50 iterations, 3% worse routing at k=3). This is the plan a token with ``d > 1`` open slots needs: without
+    the cap it can put all ``d`` units on one expert (the ``k - 1 >= 2`` trap of the reference note, §2).
+    Without Dykstra's corrections the limit is a feasible capped plan, not necessarily the entropic optimum.
+    Returns the log of the plan, clipped at 0 on capped cells; ``error``: the max row error of that clipped plan."""
+    f = torch.zeros_like(row_marginals)
+    g = torch.zeros_like(col_marginals)
+    scale = float(row_marginals.max()) if row_marginals.numel() else 1.0
+    error = float("inf")
+    it = 0
+    for it in range(1, max_iters + 1):
+        f = _capped_potential(log_kernel + g.unsqueeze(1), capped, row_marginals)
+        g = _capped_potential((log_kernel + f.unsqueeze(2)).transpose(1, 2), capped.transpose(1, 2), col_marginals)
+        if it % check_every == 0 or it == max_iters:
+            rows = _capped_log_plan(log_kernel, f, g, capped).exp().sum(dim=2)
+            error = float((rows - row_marginals).abs().max())
+            if error <= tol * scale:
+                break
+    return SinkhornResult(_capped_log_plan(log_kernel, f, g, capped), it, error)
+
+
+def _capped_log_plan(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor, capped: torch.Tensor) -> torch.Tensor:
+    lp = torch.nan_to_num(log_kernel + f.unsqueeze(2) + g.unsqueeze(1), nan=-float("inf"), neginf=-float("inf"))
+    return torch.where(capped, lp.clamp(max=0.0), lp)
