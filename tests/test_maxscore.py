@@ -322,7 +322,10 @@ def test_capped_row_projection_matches_bisection(a: list[float], caps: list[bool
     capped = caps[: len(a)]
     finite = [c for x, c in zip(a, capped) if x != -math.inf]
     feasible = finite and (not all(finite) or marginal < len(finite) - 1e-3)
-    f = _capped_potential(torch.tensor([[a]], dtype=torch.float64), torch.tensor([[capped]]), torch.tensor([[marginal]], dtype=torch.float64))
+    f = _capped_potential(
+        torch.tensor([[a]], dtype=torch.float64), torch.tensor([[capped]]), torch.tensor([[marginal]], dtype=torch.float64),
+        math.ceil(marginal),
+    )
     if not feasible:
         if not finite or marginal > len(finite) + 1e-3:
             assert float(f) == -math.inf  # nothing can carry the marginal: the row is given up, not NaN
