@@ -152,7 +152,7 @@ def _capped_potential(a: torch.Tensor, capped: torch.Tensor, marginal: torch.Ten
     top = torch.topk(key, m, dim=-1)
     # Sums in float64 around the row max: exact suffix sums without log-cumsum-exp (10x slower on CPU), and 700
     # nats of range, far more than a kernel S/eps plus potentials spans.
-    shift = torch.where(torch.isfinite(a), a, neg).amax(dim=-1, keepdim=True)
+    shift = a.amax(dim=-1, keepdim=True)  # a is finite or -inf
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     w = torch.exp((a - shift).double())
     chosen = torch.zeros_like(capped).scatter_(-1, top.indices, True)
