@@ -123,7 +123,7 @@ def test_argmax_stage1_keeps_the_first_comers() -> None:
 
 
 def test_meta_records_the_stages() -> None:
-    logits = synthetic_logits("skew", 1, 64, 8, seed=0)
+    logits = synthetic_logits("skew:bias=1.0", 1, 64, 8, seed=0)
     r = route(logits, "maxscore", k=2, capacity_factor=1.0)
     assert r.meta["stage1_rounds"] >= 2 and r.meta["stage1_diverted"] > 0 and r.meta["sinkhorn_iters"] >= 1
     assert "repaired_slots" in r.meta
