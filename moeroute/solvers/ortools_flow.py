@@ -17,19 +17,38 @@ from moeroute.solvers.flow_network import FlowSolution, Objective, effective_cap
 def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
     """Exact optimum of every group of ``scores`` ``[G, T, E]``."""
     g, t, e = scores.shape
-    cap = effective_capacity(capacity, t)
+    token_caps = np.full((g, t), k, dtype=np.int64)
+    expert_caps = np.full((g, e), effective_capacity(capacity, t), dtype=np.int64)
+    return solve_ortools_transport(scores, token_caps, expert_caps, None, objective)
+
+
+def solve_ortools_transport(
+    scores: np.ndarray,
+    token_caps: np.ndarray,
+    expert_caps: np.ndarray,
+    allowed: Optional[np.ndarray] = None,
+    objective: Objective = "mcmf",
+) -> FlowSolution:
+    """The same network with a capacity per token ``[G, T]`` and per expert ``[G, E]`` and only the token ->
+    expert arcs where ``allowed`` ``[G, T, E]`` is true (all when ``None``): the general form, e.g. MaxScore's
+    residual problem after stage 1."""
+    g, t, e = scores.shape
     source, sink = 0, 1
     tokens = 2 + np.arange(g * t, dtype=np.int64).reshape(g, t)
     experts = 2 + g * t + np.arange(g * e, dtype=np.int64).reshape(g, e)
     pair_tail = np.broadcast_to(tokens[:, :, None], (g, t, e)).reshape(-1)
     pair_head = np.broadcast_to(experts[:, None, :], (g, t, e)).reshape(-1)
-    tails = np.concatenate([np.full(g * t, source), pair_tail, experts.reshape(-1)])
-    heads = np.concatenate([tokens.reshape(-1), pair_head, np.full(g * e, sink)])
-    caps = np.concatenate([np.full(g * t, k), np.ones(g * t * e, dtype=np.int64), np.full(g * e, cap)])
-    costs = np.concatenate([np.zeros(g * t, dtype=np.int64), integer_costs(scores).reshape(-1), np.zeros(g * e, dtype=np.int64)])
+    pair_cost = integer_costs(scores).reshape(-1)
+    pair_cells = np.arange(g * t * e) if allowed is None else np.flatnonzero(np.asarray(allowed, dtype=bool).reshape(-1))
+    tails = np.concatenate([np.full(g * t, source), pair_tail[pair_cells], experts.reshape(-1)])
+    heads = np.concatenate([tokens.reshape(-1), pair_head[pair_cells], np.full(g * e, sink)])
+    caps = np.concatenate(
+        [np.asarray(token_caps, np.int64).reshape(-1), np.ones(pair_cells.size, dtype=np.int64), np.asarray(expert_caps, np.int64).reshape(-1)]
+    )
+    costs = np.concatenate([np.zeros(g * t, dtype=np.int64), pair_cost[pair_cells], np.zeros(g * e, dtype=np.int64)])
     solver = min_cost_flow.SimpleMinCostFlow()
     solver.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
-    total = k * t * g
+    total = int(np.asarray(token_caps).sum())
     solver.set_node_supply(source, total)
     solver.set_node_supply(sink, -total)
     if objective == "maxweight":
@@ -41,6 +60,7 @@ def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective
         status = solver.solve_max_flow_with_min_cost()
     if status != solver.OPTIMAL:
         raise RuntimeError(f"OR-tools min-cost flow returned status {status}")
-    pair_arcs = np.arange(g * t, g * t + g * t * e)
-    assignment = solver.flows(pair_arcs).reshape(g, t, e) > 0
-    return finish(assignment, scores, "ortools")
+    flows = solver.flows(np.arange(g * t, g * t + pair_cells.size)) > 0
+    assignment = np.zeros(g * t * e, dtype=bool)
+    assignment[pair_cells] = flows
+    return finish(assignment.reshape(g, t, e), scores, "ortools")

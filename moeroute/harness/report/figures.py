@@ -49,7 +49,9 @@ def _legend(fig, axes) -> None:
     if handles:
         fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=min(4, len(handles)),
                    fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(handles) / 4), 1, 1))
+    # Reserve the legend's height in inches (about 0.2 in a row of 8-pt labels), whatever the figure's height.
+    legend_in = 0.15 + 0.2 * math.ceil(len(handles) / 4)
+    fig.tight_layout(rect=(0, min(0.5, legend_in / fig.get_figheight()), 1, 1))
 
 
 def _save(fig, out: Path, name: str) -> str:
@@ -94,6 +96,8 @@ def drop_vs_cf_figure(ok: pd.DataFrame, style: Style, out: Path, limit: int = 4)
             ax = axes[2 * i + j]
             for router, g in rows.groupby("router", sort=False):
                 curve = g.groupby("cf_value")[col].mean() * 100
+                if len(curve) < 2:  # a router measured at one cf only (another grid's point) is no curve
+                    continue
                 ax.plot(curve.index, curve.values, label=router, lw=1.3, ms=4, **style(router))
             ax.set_title(f"{workload}: G={groups}, T={tokens}, E={experts}, k={k}", fontsize=9)
             ax.set_xlabel("capacity factor")
@@ -137,6 +141,8 @@ def latency_figure(ok: pd.DataFrame, style: Style, out: Path, limit: int = 4) ->
     for ax, (key, rows) in zip(axes, found):
         for router, g in rows.groupby("router", sort=False):
             curve = g.groupby("tokens")["latency_ms"].median()
+            if len(curve) < 2:
+                continue
             ax.plot(curve.index, curve.values, label=router, lw=1.3, ms=4, **style(router))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
