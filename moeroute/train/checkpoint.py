@@ -13,16 +13,17 @@ from moeroute.train.config import RunConfig, run_config_from_dict
 
 
 def save_checkpoint(path: Path, cfg: RunConfig, step: int, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, schedule: Any) -> None:
-    """Write everything needed to resume after ``step`` optimizer steps; written to a temporary file first so an
-    interrupted save never leaves a truncated checkpoint."""
+                    optimizer: torch.optim.Optimizer, softtopk: dict[str, Any]) -> None:
+    """Write everything needed to resume after ``step`` optimizer steps; ``softtopk`` is the SoftTopk schedule's
+    ``state_dict()`` (also inside the model's state dict as its ``schedule_step`` buffers, which is what a resume
+    restores). Written to a temporary file first so an interrupted save never leaves a truncated checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
         "config": asdict(cfg),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "softtopk": schedule.state_dict(),
+        "softtopk": softtopk,
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)

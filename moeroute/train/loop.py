@@ -19,7 +19,6 @@ from moeroute.train.config import RunConfig
 from moeroute.train.data import Corpus, train_batch, val_batches
 from moeroute.train.model import MoELM
 from moeroute.train.moe import MoEStats
-from moeroute.train.schedule import SoftTopkSchedule
 
 LOG_COLUMNS = (
     "step", "tokens", "train_loss", "aux_loss", "val_loss", "slot_drop_rate", "second_choice_drop_rate",
@@ -44,16 +43,13 @@ class RunResult:
     checkpoint: Path
 
 
-def make_schedule(cfg: RunConfig) -> SoftTopkSchedule:
-    t = cfg.train
-    return SoftTopkSchedule(t.softtopk_start, t.softtopk_end, t.softtopk_anneal_steps)
-
-
 def build_model(cfg: RunConfig) -> MoELM:
     """The model of run ``cfg``, initialised from ``cfg.seed`` (every arm of one seed starts from the same weights:
     the router and weight operator hold no parameters of their own)."""
     torch.manual_seed(cfg.seed)
-    return MoELM(cfg.model, cfg.data.seq_len, cfg.arm.router, cfg.arm.weights)
+    t = cfg.train
+    return MoELM(cfg.model, cfg.data.seq_len, cfg.arm.router, cfg.arm.weights,
+                 (t.softtopk_start, t.softtopk_end, t.softtopk_anneal_steps))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -86,12 +82,12 @@ def layer_mean_metrics(stats: list[MoEStats]) -> dict[str, Optional[float]]:
 
 @torch.no_grad()
 def evaluate_loss(model: MoELM, batches: list, device: torch.device) -> float:
-    """Mean validation cross-entropy (nats per byte) at evaluation temperature ``t = 1``."""
+    """Mean validation cross-entropy (nats per byte) in eval mode (SoftTopk at ``t = 1``)."""
     was = model.training
     model.eval()
     total, count = 0.0, 0
     for x, y in batches:
-        ce, _, _ = model.loss(x.to(device), y.to(device), temperature=None)
+        ce, _, _ = model.loss(x.to(device), y.to(device))
         total += float(ce) * x.numel()
         count += x.numel()
     model.train(was)
@@ -130,15 +126,13 @@ def train_run(
     val = val_batches(corpus, cfg.data)
     model = build_model(cfg).to(device)
     optimizer = make_optimizer(model, cfg)
-    schedule = make_schedule(cfg)
     ckpt, log_path = run_dir / "checkpoint.pt", run_dir / "log.csv"
     start, rows = 0, []
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["softtopk"])
-        start = int(state["step"])
+        start = int(state["step"])  # the SoftTopk step came back with the model's schedule_step buffers
         rows = _read_log(log_path, start)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -153,9 +147,9 @@ def train_run(
             lr = learning_rate(cfg, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            temperature = schedule.temperature if cfg.arm.uses_softtopk else None
+            temperature = model.temperature if cfg.arm.uses_softtopk else None
             x, y = train_batch(corpus, cfg.data, cfg.seed, step)
-            ce, aux, stats = model.loss(x.to(device), y.to(device), temperature)
+            ce, aux, stats = model.loss(x.to(device), y.to(device))
             if not torch.isfinite(ce):
                 raise MoeRouteError(f"{cfg.name}: training loss became {float(ce)} at step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -163,7 +157,7 @@ def train_run(
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             optimizer.step()
-            schedule.advance()
+            model.step_schedule()
             elapsed = time.perf_counter() - tick
             done = step + 1
             evaluate_now = done % cfg.train.eval_every == 0 or done == cfg.train.steps
@@ -177,7 +171,7 @@ def train_run(
             writer.writerow(row)
             if evaluate_now:
                 f.flush()
-                save_checkpoint(ckpt, cfg, done, model, optimizer, schedule)
+                save_checkpoint(ckpt, cfg, done, model, optimizer, model.schedule_state())
                 if progress:
                     progress(f"{cfg.name}: step {done}/{cfg.train.steps} train {float(ce.detach()):.4f} val {val_loss:.4f}")
     if start >= cfg.train.steps:

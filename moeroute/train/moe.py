@@ -1,25 +1,26 @@
 """The MoE feed-forward layer of the training ablation: any registered router assigns tokens to experts, any
 combine-weight operator weights them, and a gather/scatter dispatch runs the experts.
 
-Routing is computed without gradient (the assignment is discrete); the combine weights are computed again from
-the live softmax scores, so the gate learns through them, as in GShard/Tutel. A dropped slot contributes nothing:
-the block's residual connection carries the token.
+Gate, routing and combine weights come from :class:`moeroute.nn.MaxScoreRouter`: the assignment is discrete (no
+gradient), the combine weights are the weight operator applied to the live softmax scores, so the gate learns
+through them, as in GShard/Tutel. A dropped slot contributes nothing: the block's residual connection carries the
+token.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moeroute.nn import MaxScoreRouter
 from moeroute.problem import RouterInput, make_input
-from moeroute.routers import bind_router
 from moeroute.routing import Routing
-from moeroute.weights import combine_weights
+from moeroute.weights.schedule import SoftTopkSchedule
 
 
 @dataclass
@@ -74,35 +75,37 @@ class MoELayer(nn.Module):
     """A top-``k`` MoE feed-forward layer routed by the router spec ``router`` (``gshard``,
     ``maxscore:stage2=exact``, ...) with combine-weight operator ``weights``.
 
-    Input ``[G, T, D]``: each of the ``G`` sequences is one routing group of ``T`` tokens with capacity
-    ``C = ceil(cf * k * T / E)``.
+    The gate, routing and combine weights are a :class:`moeroute.nn.MaxScoreRouter` (its SoftTopk schedule is this
+    layer's; the step is the ``schedule_step`` buffer of the state dict). Input ``[G, T, D]``: each of the ``G``
+    sequences is one routing group of ``T`` tokens with capacity ``C = ceil(cf * k * T / E)``.
     """
 
     def __init__(
         self, d_model: int, hidden: int, experts: int, k: int, capacity_factor: Optional[float],
         router: str = "gshard", weights: str = "softmax", aux_loss_coef: float = 0.01, layers: int = 1,
+        schedule: Optional[SoftTopkSchedule] = None,
     ) -> None:
         super().__init__()
         self.k, self.capacity_factor, self.aux_loss_coef = k, capacity_factor, aux_loss_coef
-        self.bound = bind_router(router, weights=weights)
-        self.gate = nn.Linear(d_model, experts, bias=False)
+        self.router = MaxScoreRouter(d_model, experts, k, capacity_factor, router=router, weights=weights,
+                                     schedule=schedule or SoftTopkSchedule())
         self.w1 = nn.Parameter(torch.randn(experts, d_model, hidden) / math.sqrt(d_model))
         # Output projections scaled down by depth, as GPT-2 does, so the residual stream starts calm.
         self.w2 = nn.Parameter(torch.randn(experts, hidden, d_model) / math.sqrt(hidden) / math.sqrt(2 * layers))
-        nn.init.normal_(self.gate.weight, std=0.02)
+        nn.init.normal_(self.router.gate.weight, std=0.02)
 
-    def forward(self, x: torch.Tensor, temperature: Optional[float] = None) -> tuple[torch.Tensor, MoEStats]:
-        """``x`` ``[G, T, D]`` -> ``[G, T, D]`` and the layer's :class:`MoEStats`. ``temperature`` is SoftTopk's
-        ``t`` (ignored by other weight operators; ``None`` = 1, the evaluation value)."""
+    @property
+    def gate(self) -> nn.Linear:
+        return self.router.gate
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEStats]:
+        """``x`` ``[G, T, D]`` -> ``[G, T, D]`` and the layer's :class:`MoEStats`. The SoftTopk temperature is the
+        router's schedule in training mode and ``t = 1`` in eval mode."""
         g, t, d = x.shape
-        logits = self.gate(x).float()
+        out = self.router(x)
+        y = dispatch_experts(x.reshape(g * t, d), out.experts.reshape(g * t, -1), out.weights.reshape(g * t, -1),
+                             self.w1, self.w2)
+        logits = out.logits.float()
         with torch.no_grad():
             inputs = make_input(logits.detach(), self.k, self.capacity_factor)
-            routing = self.bound(inputs)
-        scores = logits.softmax(dim=-1)
-        common = replace(self.bound.common, temperature=temperature)
-        weights = combine_weights(scores, routing.experts, common)
-        routing.weights = weights.detach()
-        y = dispatch_experts(x.reshape(g * t, d), routing.experts.reshape(g * t, -1),
-                             weights.reshape(g * t, -1), self.w1, self.w2)
-        return y.reshape(g, t, d).to(x.dtype), MoEStats(inputs, routing, balance_loss(scores, self.aux_loss_coef))
+        return y.reshape(g, t, d), MoEStats(inputs, out.routing, balance_loss(logits.softmax(dim=-1), self.aux_loss_coef))
