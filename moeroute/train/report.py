@@ -257,7 +257,7 @@ def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, fi
     lines += ["## Final validation loss per arm", "",
               "| arm | router | weights | seeds | steps | final val loss (mean ± std) | min..max | 2nd-choice drop | "
               "slot drop | mean load ratio | max load ratio | rank-1 aff. | rank-2 aff. | s/run | s/step |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for _, r in a.iterrows():
         lines.append(
             f"| {r['arm']} | `{r['router']}` | {r['weights']} | {r['seeds']} | {r['steps']} | "
