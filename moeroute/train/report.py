@@ -4,6 +4,7 @@ drop/load and affinity curves), and a Markdown report that states whether the pa
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -124,7 +125,7 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
     for filename, specs in panels.items():
         fig, axes = plt.subplots(1, len(specs), figsize=(5.5 * len(specs), 4.2))
         for ax, (key, title, mode) in zip(axes, specs):
-            plotted = []
+            plotted, constant = [], []
             for name in names:
                 curves = []
                 for (arm, seed), log in summary.logs.items():
@@ -142,11 +143,16 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
                 frame = pd.concat(curves, axis=1)
                 mean = frame.mean(axis=1)
                 plotted.append(mean)
+                if mode != "diff" and len(mean) > 1 and float(mean.max() - mean.min()) < 1e-9:
+                    constant.append((f"{float(mean.iloc[0]):g}", name))
                 ax.plot(mean.index, mean.values, color=colors[name], ls=styles[name], lw=1.5,
                         label=f"{name} (n={frame.shape[1]})")
                 if frame.shape[1] > 1:
                     ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.12)
-            ax.set_title(title, fontsize=9)
+            # Arms pinned at one value (no drops, full load) draw on top of each other: say so in the title.
+            note = "; ".join(f"at {v}: " + ", ".join(n for w, n in constant if w == v)
+                             for v in dict.fromkeys(w for w, _ in constant))
+            ax.set_title("\n".join([title] + textwrap.wrap(f"overlapping, {note}", 70, break_on_hyphens=False) if note else [title]), fontsize=9)
             ax.set_xlabel("optimizer step")
             ax.grid(alpha=0.3)
             if mode == "diff":
