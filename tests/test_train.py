@@ -243,6 +243,11 @@ def test_cli_trains_reports_and_refuses_bad_input(tmp_path, capsys):
     assert main(["train", str(CONFIG), "--quick", "--arms", "nosuch", "--output", str(tmp_path)]) == 2
     assert "no arm named 'nosuch'" in capsys.readouterr().err
     assert main(["train", str(CONFIG), "--quick", "--seeds", "a", "--output", str(tmp_path)]) == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[arm]]\nname = "ok"\n[[arm]]\nname = "bad"\nrouter = "nosuch"\n')
+    assert main(["train", str(bad), "--output", str(tmp_path / "bad")]) == 2
+    assert "unknown router 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "runs").exists()  # refused before the first arm trained
 
 
 def test_captured_logits_load_as_a_workload(quick, corpus, tmp_path):

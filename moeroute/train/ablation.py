@@ -9,6 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
+from moeroute.routers import bind_router
 from moeroute.train.capture import capture_gate_logits, save_captured
 from moeroute.train.checkpoint import load_checkpoint
 from moeroute.train.config import AblationConfig, RunConfig, run_configs
@@ -43,12 +44,15 @@ def run_ablation(
     """Train every selected (arm, seed) of ``cfg``; copy each log to ``output.results/<arm>_seed<s>.csv``;
     capture logits if ``[capture]`` names a run that was trained; write the report over all logs present."""
     out = AblationResult()
+    runs = run_configs(cfg, arms, seeds)
+    for arm in dict.fromkeys(r.arm for r in runs):
+        bind_router(arm.router, weights=arm.weights)  # a bad spec fails now, not after hours of other arms
     corpus = Corpus.from_config(cfg.data)
     results = Path(cfg.output.results)
     results.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
-        for run in run_configs(cfg, arms, seeds):
+        for run in runs:
             result = train_run(run, Path(cfg.output.checkpoints) / run.name, corpus, resume, progress)
             shutil.copyfile(result.log, results / f"{run.name}.csv")
             out.runs.append(result)
