@@ -252,7 +252,7 @@ def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, fi
         f"MoE of {m.experts} experts (hidden {m.expert_hidden}), top-{m.k}, capacity factor {m.capacity_factor} per "
         f"{d.seq_len}-token sequence (each sequence is one routing group), balance loss {m.aux_loss_coef}·E·Σ mₑcₑ. "
         f"Batch {d.batch_size} × {d.seq_len} bytes, {t.steps} steps ({t.steps * d.batch_size * d.seq_len / 1e6:.2f} M "
-        f"tokens), AdamW lr {t.lr} (warm-up {t.warmup_steps}, cosine), seeds {', '.join(map(str, cfg.seeds))}. "
+        f"tokens), AdamW lr {t.lr} (warm-up {t.warmup_steps}, cosine), seeds {', '.join(map(str, sorted(summary.runs['seed'].unique())))}. "
         f"SoftTopk t = max({t.softtopk_start} − {t.softtopk_start - t.softtopk_end}·step/{t.softtopk_anneal_steps}, "
         f"{t.softtopk_end}), t = 1 at evaluation. Every arm sees the same batches and starts from the same weights "
         "for a seed; capacity arms have the same expert FLOPs (E·C slots per group).",
