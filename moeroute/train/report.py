@@ -218,10 +218,14 @@ def _paired_lines(summary: AblationSummary, by_role: dict) -> list[str]:
         return []
     lines = [""]
     lines.append("Differences to GShard in final validation loss, paired by seed (same initial weights and batches), "
-                 "with a paired t-test over seeds:")
+                 "with a paired t-test over seeds")
     base_name = by_role[("gshard", "softmax")][0]
     base = summary.runs[summary.runs["arm"] == base_name].set_index("seed")["final_val_loss"]
     labels = {name: PAPER_LABEL[role] for role, (name, _) in by_role.items() if role in PAPER_LABEL}
+    # Several arms are tested against one baseline: say which differences survive a Bonferroni correction too.
+    tests = max(1, len(summary.arms) - 1)
+    strict = 0.05 / tests
+    lines[-1] += f" ({tests} comparisons; Bonferroni threshold p < {strict:.4f}):"
     for name in summary.arms["arm"]:
         if name == base_name:
             continue
@@ -231,7 +235,12 @@ def _paired_lines(summary: AblationSummary, by_role: dict) -> list[str]:
         diff = (other[seeds] - base[seeds])
         if len(seeds) >= 2:
             p = float(ttest_rel(other[seeds], base[seeds]).pvalue)
-            verdict = "larger than the seed-to-seed spread (p < 0.05)" if p < 0.05 else "not significant at p < 0.05"
+            if p < strict:
+                verdict = "significant, also after the Bonferroni correction"
+            elif p < 0.05:
+                verdict = "p < 0.05, but not after the Bonferroni correction"
+            else:
+                verdict = "not significant at p < 0.05"
             lines.append(f"- {label} − GShard: {diff.mean():+.4f} ± {diff.std():.4f} nats/byte over "
                          f"{len(seeds)} seeds ({int((diff < 0).sum())} of {len(seeds)} lower), p = {p:.3f}: {verdict}.")
         else:
