@@ -10,18 +10,33 @@ import torch
 from moeroute.errors import MoeRouteError
 from moeroute.solvers.flow_network import SCALE, FlowSolution, Objective, max_flow_value
 from moeroute.solvers.networkx_flow import solve_max_flow_min_cost, solve_network_simplex
+from moeroute.solvers.expert_ssp import solve_expert_ssp
 from moeroute.solvers.ortools_flow import solve_ortools
 from moeroute.solvers.spfa import solve_spfa
 
 Solver = Callable[[np.ndarray, int, Optional[int], Objective], FlowSolution]
 
+AUTO_MIN_PAIRS = 1 << 19
+"""``auto`` uses ``expert_ssp`` for groups of at least this many token-expert pairs (``T * E``, e.g. 8192 x 64),
+OR-tools below: measured (benchmarks/bench_routing.py), ``expert_ssp`` is about 0.3-0.5x OR-tools' time at
+16384 x 64, about even at 4096 x 64, and 2-4x slower on many small groups (its per-group Python overhead)."""
+
+
+def solve_auto(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
+    """The faster exact solver for the group size: ``expert_ssp`` for large groups, OR-tools for small ones."""
+    solver = solve_expert_ssp if scores.shape[1] * scores.shape[2] >= AUTO_MIN_PAIRS else solve_ortools
+    return solver(scores, k, capacity, objective)
+
+
 SOLVERS: dict[str, Solver] = {
+    "auto": solve_auto,
     "ortools": solve_ortools,
+    "expert_ssp": solve_expert_ssp,
     "spfa": solve_spfa,
     "network_simplex": solve_network_simplex,
     "max_flow_min_cost": solve_max_flow_min_cost,
 }
-DEFAULT_SOLVER = "ortools"
+DEFAULT_SOLVER = "auto"
 
 
 def solve_optimum(

@@ -19,14 +19,22 @@ def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective
     g, t, e = scores.shape
     cap = effective_capacity(capacity, t)
     source, sink = 0, 1
-    tokens = 2 + np.arange(g * t, dtype=np.int64).reshape(g, t)
-    experts = 2 + g * t + np.arange(g * e, dtype=np.int64).reshape(g, e)
-    pair_tail = np.broadcast_to(tokens[:, :, None], (g, t, e)).reshape(-1)
-    pair_head = np.broadcast_to(experts[:, None, :], (g, t, e)).reshape(-1)
-    tails = np.concatenate([np.full(g * t, source), pair_tail, experts.reshape(-1)])
-    heads = np.concatenate([tokens.reshape(-1), pair_head, np.full(g * e, sink)])
-    caps = np.concatenate([np.full(g * t, k), np.ones(g * t * e, dtype=np.int64), np.full(g * e, cap)])
-    costs = np.concatenate([np.zeros(g * t, dtype=np.int64), integer_costs(scores).reshape(-1), np.zeros(g * e, dtype=np.int64)])
+    int_costs = integer_costs(scores)
+    # Node ids: source 0, sink 1, tokens 2 .. 2+G*T-1, then experts (group-major). Arcs: source->token, every
+    # token->expert pair (token-major, so arc ids of pairs are 2-D like the scores), expert->sink.
+    n_tok, n_exp, n_pair = g * t, g * e, g * t * e
+    tokens = np.arange(2, 2 + n_tok, dtype=np.int64)
+    experts = np.arange(2 + n_tok, 2 + n_tok + n_exp, dtype=np.int64)
+    tails = np.empty(n_tok + n_pair + n_exp, dtype=np.int64)
+    heads = np.empty_like(tails)
+    tails[:n_tok], heads[:n_tok] = source, tokens
+    tails[n_tok : n_tok + n_pair] = np.repeat(tokens, e)
+    heads[n_tok : n_tok + n_pair].reshape(g, t, e)[:] = experts.reshape(g, 1, e)
+    tails[n_tok + n_pair :], heads[n_tok + n_pair :] = experts, sink
+    caps = np.ones_like(tails)
+    caps[:n_tok], caps[n_tok + n_pair :] = k, cap
+    costs = np.zeros_like(tails)
+    costs[n_tok : n_tok + n_pair] = int_costs.reshape(-1)
     solver = min_cost_flow.SimpleMinCostFlow()
     solver.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
     total = k * t * g
@@ -41,6 +49,5 @@ def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective
         status = solver.solve_max_flow_with_min_cost()
     if status != solver.OPTIMAL:
         raise RuntimeError(f"OR-tools min-cost flow returned status {status}")
-    pair_arcs = np.arange(g * t, g * t + g * t * e)
-    assignment = solver.flows(pair_arcs).reshape(g, t, e) > 0
-    return finish(assignment, scores, "ortools")
+    assignment = solver.flows(np.arange(n_tok, n_tok + n_pair)).reshape(g, t, e) > 0
+    return finish(assignment, scores, "ortools", int_costs)
