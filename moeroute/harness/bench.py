@@ -237,23 +237,33 @@ from moeroute.problem import make_input
 from moeroute.routers import bind_router
 x = make_input(synthetic_logits({workload!r}, {groups}, {tokens}, {experts}, 0), {k}, {cf!r})
 spec = sys.argv[1]
-fn = (lambda: torch.topk(x.scores, {k}, dim=-1)) if spec == "torch.topk" else bind_router(spec).__call__
-if spec != "torch.topk":
-    fn = (lambda f: (lambda: f(x)))(fn)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-fn()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"before_kb": before, "after_kb": after}}))
+call = (lambda: torch.topk(x.scores, {k}, dim=-1)) if spec == "torch.topk" else (lambda b: (lambda: b(x)))(bind_router(spec))
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+try:
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark VmHWM to the current RSS
+    how = "VmHWM"
+except OSError:
+    before, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
+call()
+after = status("VmHWM") if how == "VmHWM" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"before_kb": before, "after_kb": after, "how": how}}))
 """
 
 
 def memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optional[float], threads: int,
                 log: Callable[[str], None] = print) -> list[dict]:
-    """Peak resident memory each router adds, each in a fresh Python process: ``ru_maxrss`` after one call minus
-    ``ru_maxrss`` after building the input (logits, scores). CPU only. The child runs with
-    ``MALLOC_MMAP_THRESHOLD_=65536`` so that large blocks are mmapped and returned on free: the high-water mark
-    then grows by the call's own peak of live memory, not by what earlier frees left in the heap (checked: a bool
-    ``[16384, 64, 512]`` tensor shows up as +511 MB)."""
+    """Peak resident memory each router adds, each in a fresh Python process: the resident high-water mark during
+    one call (Linux ``VmHWM``, reset to the current RSS via ``/proc/self/clear_refs`` just before) minus the RSS
+    after building the input (logits, scores); ``ru_maxrss`` where ``/proc`` is missing (it is inherited from the
+    parent across exec, so it can read 0). CPU only. The child runs with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
+    large blocks are mmapped and returned on free: the mark grows by the call's own peak of live memory, not by
+    what earlier frees left in the heap (checked: a bool ``[16384, 64, 512]`` tensor shows up as +511 MB)."""
     code = _MEMORY_CHILD.format(threads=threads, workload=workload, groups=size.groups, tokens=size.tokens,
                                 experts=size.experts, k=k, cf=cf)
     env = dict(os.environ)
@@ -268,7 +278,8 @@ def memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optiona
             rows.append({"router": spec, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]})
             continue
         out = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append({"router": spec, "peak_mb": (out["after_kb"] - out["before_kb"]) / 1024, "base_mb": out["before_kb"] / 1024})
+        rows.append({"router": spec, "peak_mb": max(0, out["after_kb"] - out["before_kb"]) / 1024,
+                     "base_mb": out["before_kb"] / 1024, "how": out["how"]})
     return rows
 
 

@@ -251,7 +251,7 @@ class _Group:
                 return paths
             dist = np.where(over, 0, BIG)
             pred = np.full(n, -1)
-            for _ in range(n):
+            for _ in range(n + 1):
                 cand = dist[:, None] + self.w
                 src = cand.argmin(axis=0)
                 best = cand[src, cols]
@@ -260,6 +260,8 @@ class _Group:
                     break
                 dist = np.where(better, best, dist)
                 pred = np.where(better, src, pred)
+            else:
+                raise RuntimeError("expert_ssp: negative cycle among the experts (the pseudo-flow lost optimality)")
             target = int(np.argmin(np.where(excess < 0, dist, BIG)))
             if excess[target] >= 0 or dist[target] >= BIG // 2:
                 raise RuntimeError("expert_ssp: no augmenting path (the problem should always be feasible)")

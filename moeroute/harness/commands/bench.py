@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         cap = expert_capacity(cf, args.k, size.tokens, size.experts) or size.tokens
         tec_mb = size.groups * size.tokens * size.experts * cap / 2**20
         table = Table(title=f"Peak memory per router at {size} ({workloads[0]}): MB of resident memory one call adds "
-                            f"(ru_maxrss in a fresh process; a bool [T,E,C] alone would be {tec_mb:.0f} MB)")
+                            f"(peak RSS, VmHWM, in a fresh process; a bool [T,E,C] alone would be {tec_mb:.0f} MB)")
         for col in ["router", "peak MB", "x topk", "below a bool [T,E,C]"]:
             table.add_column(col, justify="right" if col != "router" else "left")
         base = next((r.get("peak_mb") for r in rows if r["router"] == "torch.topk"), None)
