@@ -8,14 +8,19 @@ from moeroute.routing import Routing
 from moeroute.harness.evaluate import evaluate
 from moeroute.harness.metrics import RoutingMetrics
 from moeroute.solvers import solve_optimum
+from moeroute.weights.schedule import SoftTopkSchedule
+from moeroute.nn import MaxScoreRouter, RouterOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MaxScoreRouter",
     "MoeRouteError",
     "Routing",
     "RoutingInvariantError",
+    "RouterOutput",
     "RoutingMetrics",
+    "SoftTopkSchedule",
     "bind_router",
     "evaluate",
     "expert_capacity",

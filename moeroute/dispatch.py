@@ -107,3 +107,47 @@ def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
     out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
     out.scatter_add_(1, idx, torch.ones_like(idx))
     return out[:, :num_experts]
+
+
+def reroute_rounds(
+    choice_scores: torch.Tensor,
+    experts: torch.Tensor,
+    capacity: int,
+    fill: torch.Tensor,
+    max_rounds: Optional[int] = None,
+) -> tuple[torch.Tensor, int]:
+    """Iterative rerouting: empty slots re-propose to their next-best expert that has room, in rounds.
+
+    ``choice_scores`` ``[G, T, E]`` rank the experts (``-inf`` = never propose there); ``experts`` ``[G, T, R]`` the
+    current slots (``-1`` empty); ``fill`` bool ``[G, T, R]`` which empty slots may be refilled. In each round every
+    open slot proposes the best expert that had room at the start of the round and that its token does not hold
+    (a token's j-th open slot takes its j-th best such expert, so one token never proposes an expert twice); the
+    proposals queue rank-major in token order, like GShard, behind the load already placed. Every round places at
+    least one proposal or ends the loop, so it stops after at most ``G*T*R`` rounds (or ``max_rounds``).
+    Returns the new slots and the number of rounds that placed something.
+    """
+    g, t, r = experts.shape
+    e = choice_scores.shape[2]
+    neg = torch.tensor(-float("inf"), device=choice_scores.device, dtype=choice_scores.dtype)
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        open_slots = fill & (experts < 0)
+        if not bool(open_slots.any()):
+            break
+        load = expert_load(experts, e)
+        held = torch.zeros(g, t, e + 1, dtype=torch.bool, device=experts.device)
+        held.scatter_(2, torch.where(experts < 0, torch.full_like(experts, e), experts), True)
+        eligible = (load < capacity).unsqueeze(1) & ~held[..., :e]
+        cand = torch.topk(torch.where(eligible, choice_scores, neg), r, dim=-1)
+        # The j-th open slot of a token takes that token's j-th best candidate.
+        which = (torch.cumsum(open_slots.long(), dim=2) - 1).clamp(min=0)
+        prop = torch.gather(cand.indices, 2, which)
+        ok = open_slots & torch.isfinite(torch.gather(cand.values, 2, which))
+        if not bool(ok.any()):
+            break
+        proposals = torch.where(ok, prop, torch.full_like(prop, -1))
+        flat = proposals.transpose(1, 2).reshape(g, -1)
+        keep = keep_within_capacity(flat, capacity, e, used=load).reshape(g, r, t).transpose(1, 2)
+        experts = torch.where(keep, proposals, experts)
+        rounds += 1
+    return experts, rounds

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+# Tests run many tiny ops; one thread avoids thread start-up costs and contention on 2-core CI machines.
+torch.set_num_threads(1)
+
 
 def seeded_logits(groups: int, tokens: int, experts: int, seed: int = 0, skew: float = 0.0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)

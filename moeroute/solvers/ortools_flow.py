@@ -17,27 +17,39 @@ from moeroute.solvers.flow_network import FlowSolution, Objective, effective_cap
 def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
     """Exact optimum of every group of ``scores`` ``[G, T, E]``."""
     g, t, e = scores.shape
-    cap = effective_capacity(capacity, t)
+    token_caps = np.full((g, t), k, dtype=np.int64)
+    expert_caps = np.full((g, e), effective_capacity(capacity, t), dtype=np.int64)
+    return solve_ortools_transport(scores, token_caps, expert_caps, None, objective)
+
+
+def solve_ortools_transport(
+    scores: np.ndarray,
+    token_caps: np.ndarray,
+    expert_caps: np.ndarray,
+    allowed: Optional[np.ndarray] = None,
+    objective: Objective = "mcmf",
+) -> FlowSolution:
+    """The same network with a capacity per token ``[G, T]`` and per expert ``[G, E]`` and only the token ->
+    expert arcs where ``allowed`` ``[G, T, E]`` is true (all when ``None``): the general form, e.g. MaxScore's
+    residual problem after stage 1."""
+    g, t, e = scores.shape
     source, sink = 0, 1
+    tokens = 2 + np.arange(g * t, dtype=np.int64).reshape(g, t)
+    experts = 2 + g * t + np.arange(g * e, dtype=np.int64).reshape(g, e)
+    pair_tail = np.broadcast_to(tokens[:, :, None], (g, t, e)).reshape(-1)
+    pair_head = np.broadcast_to(experts[:, None, :], (g, t, e)).reshape(-1)
     int_costs = integer_costs(scores)
-    # Node ids: source 0, sink 1, tokens 2 .. 2+G*T-1, then experts (group-major). Arcs: source->token, every
-    # token->expert pair (token-major, so arc ids of pairs are 2-D like the scores), expert->sink.
-    n_tok, n_exp, n_pair = g * t, g * e, g * t * e
-    tokens = np.arange(2, 2 + n_tok, dtype=np.int64)
-    experts = np.arange(2 + n_tok, 2 + n_tok + n_exp, dtype=np.int64)
-    tails = np.empty(n_tok + n_pair + n_exp, dtype=np.int64)
-    heads = np.empty_like(tails)
-    tails[:n_tok], heads[:n_tok] = source, tokens
-    tails[n_tok : n_tok + n_pair] = np.repeat(tokens, e)
-    heads[n_tok : n_tok + n_pair].reshape(g, t, e)[:] = experts.reshape(g, 1, e)
-    tails[n_tok + n_pair :], heads[n_tok + n_pair :] = experts, sink
-    caps = np.ones_like(tails)
-    caps[:n_tok], caps[n_tok + n_pair :] = k, cap
-    costs = np.zeros_like(tails)
-    costs[n_tok : n_tok + n_pair] = int_costs.reshape(-1)
+    pair_cost = int_costs.reshape(-1)
+    pair_cells = np.arange(g * t * e) if allowed is None else np.flatnonzero(np.asarray(allowed, dtype=bool).reshape(-1))
+    tails = np.concatenate([np.full(g * t, source), pair_tail[pair_cells], experts.reshape(-1)])
+    heads = np.concatenate([tokens.reshape(-1), pair_head[pair_cells], np.full(g * e, sink)])
+    caps = np.concatenate(
+        [np.asarray(token_caps, np.int64).reshape(-1), np.ones(pair_cells.size, dtype=np.int64), np.asarray(expert_caps, np.int64).reshape(-1)]
+    )
+    costs = np.concatenate([np.zeros(g * t, dtype=np.int64), pair_cost[pair_cells], np.zeros(g * e, dtype=np.int64)])
     solver = min_cost_flow.SimpleMinCostFlow()
     solver.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, costs)
-    total = k * t * g
+    total = int(np.asarray(token_caps).sum())
     solver.set_node_supply(source, total)
     solver.set_node_supply(sink, -total)
     if objective == "maxweight":
@@ -49,5 +61,7 @@ def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective
         status = solver.solve_max_flow_with_min_cost()
     if status != solver.OPTIMAL:
         raise RuntimeError(f"OR-tools min-cost flow returned status {status}")
-    assignment = solver.flows(np.arange(n_tok, n_tok + n_pair)).reshape(g, t, e) > 0
-    return finish(assignment, scores, "ortools", int_costs)
+    flows = solver.flows(np.arange(g * t, g * t + pair_cells.size)) > 0
+    assignment = np.zeros(g * t * e, dtype=bool)
+    assignment[pair_cells] = flows
+    return finish(assignment.reshape(g, t, e), scores, "ortools", int_costs)

@@ -1,4 +1,5 @@
-"""Seeded synthetic router logits ``[G, T, E]``: named generators with documented parameters."""
+"""The registry of seeded synthetic workloads: a generator of logits ``[G, T, E]`` registered by name with a
+dataclass of documented options (its docstring is the documentation)."""
 
 from __future__ import annotations
 
@@ -53,36 +54,3 @@ def synthetic_logits(spec: str, groups: int, tokens: int, experts: int, seed: in
     opts = build_options(w.options, raw, f"workload {name!r}")
     gen = torch.Generator().manual_seed(int(seed))
     return w.fn(groups, tokens, experts, gen, opts).float()
-
-
-@dataclass(frozen=True)
-class GaussOptions:
-    """``temperature``: logits are ``N(0, 1) / temperature`` (lower = sharper preferences)."""
-
-    temperature: float = 1.0
-
-    def validate(self) -> None:
-        if not self.temperature > 0:
-            raise MoeRouteError(f"temperature must be > 0, got {self.temperature}")
-
-
-@register_workload("gauss", GaussOptions, "i.i.d. Gaussian logits divided by a temperature")
-def gauss(groups: int, tokens: int, experts: int, gen: torch.Generator, opts: GaussOptions) -> torch.Tensor:
-    return torch.randn(groups, tokens, experts, generator=gen) / opts.temperature
-
-
-@dataclass(frozen=True)
-class SkewOptions:
-    """Gaussian logits plus a per-expert popularity bias ``N(0, bias^2)`` shared by every token of a run."""
-
-    temperature: float = 1.0
-    bias: float = 1.0
-
-    def validate(self) -> None:
-        GaussOptions(self.temperature).validate()
-
-
-@register_workload("skew", SkewOptions, "Gaussian logits plus a per-expert popularity bias (some experts hot)")
-def skew(groups: int, tokens: int, experts: int, gen: torch.Generator, opts: SkewOptions) -> torch.Tensor:
-    popularity = torch.randn(experts, generator=gen) * opts.bias
-    return torch.randn(groups, tokens, experts, generator=gen) / opts.temperature + popularity

@@ -1,0 +1,137 @@
+"""Fill the empty slots that capacity still allows, by augmenting paths: the repair that turns a maximal routing
+(no open slot can take an expert with room directly) into a maximum one (no slot is dropped that the network could
+carry).
+
+A slot stays open after greedy filling when every expert with room is one its token already holds. It can still be
+filled by a chain of moves: the token takes a full expert ``f0``, some token ``u1`` holding ``f0`` moves to ``f1``,
+..., and the last move lands on an expert with room. This is an augmenting path of the bipartite b-matching; when
+none exists from any open slot the number of filled slots is the maximum (Berge).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from moeroute.dispatch import expert_load
+
+_NEG = -float("inf")
+
+
+def held_mask(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Bool ``[G, T, E]``: which experts each token holds in any slot of ``experts`` ``[G, T, R]``."""
+    g, t, _ = experts.shape
+    held = torch.zeros(g, t, num_experts + 1, dtype=torch.bool, device=experts.device)
+    held.scatter_(2, torch.where(experts < 0, torch.full_like(experts, num_experts), experts), True)
+    return held[..., :num_experts]
+
+
+def _push_graph(
+    scores: torch.Tensor, experts: torch.Tensor, movable: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where one unit of load can move: ``gain [G, E, E]`` (``-inf`` = no move) and ``who [G, E, E]``.
+
+    ``gain[g, f, f2]`` is the best score change ``S[u, f2] - S[u, f]`` over tokens ``u`` that hold ``f`` in a
+    movable slot and do not hold ``f2``; ``who`` is that token (the lowest index among equals). Computed per slot
+    with a scatter-max over the ``from`` expert: ``O(G T E R)``, not ``O(G T E^2)``.
+    """
+    g, t, r = experts.shape
+    e = scores.shape[2]
+    held = held_mask(experts, e)
+    gain = torch.full((g, e + 1, e), _NEG, dtype=scores.dtype, device=scores.device)
+    deltas = []
+    for j in range(r):
+        f = torch.where(movable[:, :, j] & (experts[:, :, j] >= 0), experts[:, :, j], e)  # e = spare row
+        own = torch.gather(scores, 2, f.clamp(max=e - 1).unsqueeze(2))
+        delta = torch.where(held, torch.full_like(scores, _NEG), scores - own)  # [G, T, to]
+        index = f.unsqueeze(2).expand(g, t, e)
+        gain.scatter_reduce_(1, index, delta, "amax")
+        deltas.append((index, delta))
+    who = torch.full((g, e + 1, e), t, dtype=torch.long, device=scores.device)
+    token = torch.arange(t, device=scores.device).view(1, t, 1).expand(g, t, e)
+    for index, delta in deltas:
+        best = (delta == torch.gather(gain, 1, index)) & torch.isfinite(delta)
+        who.scatter_reduce_(1, index, torch.where(best, token, t), "amin")
+    return gain[:, :e], who[:, :e].clamp(max=t - 1)
+
+
+def _reach(gain: torch.Tensor, room: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Breadth-first from the experts with room, backwards along moves: ``value [G, E]`` the score change of the
+    best chain found that pushes a unit out of ``f`` into an expert with room (0 at experts with room, ``-inf`` if
+    unreachable) and ``succ [G, E]`` the next expert of that chain. Each expert is reached from experts of strictly
+    lower level, so following ``succ`` never revisits an expert."""
+    g, e = room.shape
+    value = torch.where(room, torch.zeros_like(gain[:, 0]), torch.full_like(gain[:, 0], _NEG))
+    succ = torch.full((g, e), -1, dtype=torch.long, device=room.device)
+    reached = room.clone()
+    for _ in range(e):
+        through = gain + value.unsqueeze(1)  # [G, from, to]
+        through = torch.where(reached.unsqueeze(1), through, torch.full_like(through, _NEG))
+        best = through.max(dim=2)
+        new = ~reached & torch.isfinite(best.values)
+        if not bool(new.any()):
+            break
+        value = torch.where(new, best.values, value)
+        succ = torch.where(new, best.indices, succ)
+        reached = reached | new
+    return value, succ
+
+
+def augment_open_slots(
+    scores: torch.Tensor,
+    experts: torch.Tensor,
+    capacity: int,
+    fill: torch.Tensor,
+    movable: torch.Tensor,
+    max_steps: Optional[int] = None,
+) -> tuple[torch.Tensor, int]:
+    """Fill open slots of ``experts`` ``[G, T, R]`` by augmenting paths until none is left in any group.
+
+    ``fill`` bool ``[G, T, R]``: slots that may be filled; ``movable`` bool ``[G, T, R]``: filled slots whose expert
+    may be exchanged for another (the others stay fixed). Each step fills one slot per group, choosing the open
+    token, entry expert and chain of maximum total score change. Returns the new slots and the number of slots
+    filled. Only needed for the few slots greedy filling leaves; cost ``O(G T E^2)`` per step.
+    """
+    g, t, r = experts.shape
+    e = scores.shape[2]
+    device = experts.device
+    experts = experts.clone()
+    movable = movable.clone()
+    placed = 0
+    groups = torch.arange(g, device=device)
+    steps = 0
+    while max_steps is None or steps < max_steps:
+        open_slot = fill & (experts < 0)
+        open_token = open_slot.any(dim=2)
+        if not bool(open_token.any()):
+            break
+        room = expert_load(experts, e) < capacity
+        gain, who = _push_graph(scores, experts, movable)
+        value, succ = _reach(gain, room)
+        held = held_mask(experts, e)
+        entry = torch.where(open_token.unsqueeze(2) & ~held, scores + value.unsqueeze(1), torch.full_like(scores, _NEG))
+        best = entry.reshape(g, -1).max(dim=1)
+        active = torch.isfinite(best.values)
+        if not bool(active.any()):
+            break
+        tok = best.indices // e
+        cur = best.indices % e
+        # The open token takes the entry expert in its first open slot.
+        slot = torch.argmax(open_slot[groups, tok].long(), dim=1)
+        experts[groups[active], tok[active], slot[active]] = cur[active]
+        movable[groups[active], tok[active], slot[active]] = True
+        # Walk the chain: while the current expert is over capacity, its chosen holder moves on to the next one.
+        walking = active & ~room[groups, cur]
+        while bool(walking.any()):
+            nxt = succ[groups, cur]
+            u = who[groups, cur, nxt.clamp(min=0)]
+            row = experts[groups, u]
+            at = torch.argmax(((row == cur.unsqueeze(1)) & movable[groups, u]).long(), dim=1)
+            wg = groups[walking]
+            experts[wg, u[walking], at[walking]] = nxt[walking]
+            cur = torch.where(walking, nxt, cur)
+            walking = walking & ~room[groups, cur]
+        placed += int(active.sum())
+        steps += 1
+    return experts, placed

@@ -1,0 +1,34 @@
+"""Expert Choice: each expert takes its top-``C`` tokens by score; a token may get no expert or more than ``k``."""
+
+from __future__ import annotations
+
+import torch
+
+from moeroute.errors import MoeRouteError
+from moeroute.problem import RouterInput
+from moeroute.routers.registry import NoOptions, register_router
+from moeroute.routing import Routing, slots_from_mask
+
+
+def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Bool ``[G, T, E]``: token ``t`` is among expert ``e``'s ``min(C, T)`` best tokens by score."""
+    g, t, e = scores.shape
+    top = torch.topk(scores, min(capacity, t), dim=1).indices  # [G, C, E]
+    mask = torch.zeros(g, t, e, dtype=torch.bool, device=scores.device)
+    return mask.scatter_(1, top, True)
+
+
+@register_router(
+    "expert_choice",
+    NoOptions,
+    "each expert takes its top-C tokens by score; tokens may get no expert or more than k (slots R >= k)",
+    "Expert Choice routing (Zhou et al. 2022); flaxformer ExpertsChooseMaskedRouter",
+)
+def expert_choice(x: RouterInput, opts: NoOptions) -> Routing:
+    """Slots are as wide as the most experts any token got (at least ``k``), ordered by score."""
+    if x.capacity is None:
+        raise MoeRouteError("expert_choice needs a capacity factor: each expert takes its top-C tokens")
+    mask = expert_choice_mask(x.scores, x.capacity)
+    slots = max(x.k, int(mask.sum(dim=2).max()))
+    experts = slots_from_mask(mask, x.scores, slots)
+    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=None)

@@ -1,0 +1,52 @@
+"""Iterative rerouting: GShard, then dropped assignments re-propose to their next-best expert with room, in rounds
+(the MaxScore paper's "iterative" baseline and its generalisation to every dropped slot)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from moeroute.dispatch import reroute_rounds
+from moeroute.errors import MoeRouteError
+from moeroute.problem import RouterInput
+from moeroute.routers.gshard import capacity_top_k
+from moeroute.routers.registry import register_router
+from moeroute.routing import Routing
+
+
+@dataclass(frozen=True)
+class RerouteOptions:
+    """``variant``: ``all`` reroutes every dropped slot until placed or no expert has room; ``second`` is the
+    paper's baseline: first-choice drops stay dropped, only later-ranked slots reroute, for at most ``E - 1``
+    rounds. ``max_rounds``: a cap on the rounds (``None`` = until nothing more can be placed, or ``E - 1`` for
+    ``second``)."""
+
+    variant: Literal["all", "second"] = "all"
+    max_rounds: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.max_rounds is not None and self.max_rounds < 0:
+            raise MoeRouteError(f"max_rounds must be >= 0, got {self.max_rounds}")
+
+
+@register_router(
+    "reroute",
+    RerouteOptions,
+    "GShard top-k with capacity, then dropped slots re-propose to their next-best expert with room, in rounds",
+    "MaxScore (Dong et al. 2025) iterative-rerouting baseline; variant=second is the paper's own",
+)
+def reroute(x: RouterInput, opts: RerouteOptions) -> Routing:
+    """Rerouted slots keep the rank of the choice they replace (slot ``r`` stays the token's ``r``-th slot)."""
+    preferred = torch.topk(x.scores, x.k, dim=-1).indices
+    experts = capacity_top_k(x, preferred)
+    rounds = 0
+    if x.capacity is not None:
+        fill = torch.ones_like(experts, dtype=torch.bool)
+        max_rounds = opts.max_rounds
+        if opts.variant == "second":
+            fill[:, :, 0] = False
+            max_rounds = x.experts - 1 if max_rounds is None else min(max_rounds, x.experts - 1)
+        experts, rounds = reroute_rounds(x.scores, experts, x.capacity, fill, max_rounds)
+    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=x.k, meta={"rounds": rounds})

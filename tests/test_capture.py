@@ -1,0 +1,113 @@
+"""`moeroute capture` on tiny randomly initialised MoE models built from config JSONs (offline, seconds)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from moeroute.errors import MoeRouteError
+from moeroute.harness.cli import main
+from moeroute.harness.logits_io import read_tensors
+from moeroute.harness.workloads import captured_logits
+
+pytest.importorskip("transformers")
+
+BASE = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256)
+CONFIGS = {
+    "mixtral": dict(model_type="mixtral", num_local_experts=4, num_experts_per_tok=2, **BASE),
+    "qwen2_moe": dict(model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                      shared_expert_intermediate_size=16, **BASE),
+    "olmoe": dict(model_type="olmoe", num_experts=4, num_experts_per_tok=2, **BASE),
+}
+TEXT = "The quick brown fox jumps over the lazy dog; the dog sleeps on. " * 10
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def config_file(tmp_path: Path, name: str, **changes) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({**CONFIGS[name], **changes}))
+    return path
+
+
+def test_mixtral_capture_matches_output_router_logits(tmp_path, text):
+    out = tmp_path / "cap.safetensors"
+    cfg = config_file(tmp_path, "mixtral")
+    assert main(["capture", "--model", str(cfg), "--text", str(text), "--out", str(out), "--max-length", "200"]) == 0
+    layers = read_tensors(str(out))
+    n = len(TEXT.encode())
+    assert set(layers) == {"layer0", "layer1"}
+    assert all(t.shape == (n, 4) and t.dtype == torch.float32 and torch.isfinite(t).all() for t in layers.values())
+    assert not torch.equal(layers["layer0"], layers["layer1"])
+
+    # the hooks see exactly what the model reports with output_router_logits=True (same seed -> same weights)
+    from moeroute.harness.capture import load_model, tokenize
+
+    net, tok = load_model(str(cfg), seed=0)
+    ids = tokenize(TEXT, tok, 256)[:200]
+    with torch.no_grad():
+        reported = net(input_ids=ids[None], output_router_logits=True).router_logits
+    assert torch.allclose(reported[1].float(), layers["layer1"][:200], atol=1e-5)
+
+    # and the file is a workload
+    x = captured_logits(f"captured:{out}:layer0", groups=2, tokens=128, seed=0)
+    assert x.shape == (2, 128, 4)
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe", "olmoe"])
+def test_other_moe_families(tmp_path, text, name):
+    out = tmp_path / "cap.pt"
+    assert main(["capture", "--model", str(config_file(tmp_path, name)), "--text", str(text), "--out", str(out),
+                 "--max-tokens", "100"]) == 0
+    layers = read_tensors(str(out))
+    assert set(layers) == {"layer0", "layer1"} and layers["layer0"].shape == (100, 4)
+
+
+def test_model_directory_with_saved_weights(tmp_path, text):
+    from moeroute.harness.capture import load_model
+
+    net, _ = load_model(str(config_file(tmp_path, "mixtral")), seed=3)
+    net.save_pretrained(tmp_path / "model")
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    assert main(["capture", "--model", str(tmp_path / "model"), "--text", str(text), "--out", str(a), "--seed", "9"]) == 0
+    assert main(["capture", "--model", str(config_file(tmp_path, "mixtral")), "--text", str(text), "--out", str(b),
+                 "--seed", "3"]) == 0
+    # the directory's saved weights are used (its --seed is irrelevant) and equal the seed-3 random init
+    assert torch.allclose(read_tensors(str(a))["layer0"], read_tensors(str(b))["layer0"], atol=1e-5)
+
+
+def test_capture_errors(tmp_path, text, capsys):
+    dense = tmp_path / "llama.json"
+    dense.write_text(json.dumps({**BASE, "model_type": "llama"}))
+    assert main(["capture", "--model", str(dense), "--text", str(text), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "not an MoE model" in capsys.readouterr().err
+    cfg = str(config_file(tmp_path, "mixtral"))
+    assert main(["capture", "--model", cfg, "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "text file not found" in capsys.readouterr().err
+    assert main(["capture", "--model", cfg, "--text", str(text), "--out", str(tmp_path / "x.npy")]) == 2
+    assert ".safetensors or .pt" in capsys.readouterr().err
+    assert main(["capture", "--model", str(tmp_path / "missing"), "--text", str(text), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "model not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hidden_size": 8}')
+    assert main(["capture", "--model", str(bad), "--text", str(text), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "model_type" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_without_transformers_the_error_says_how_to_install(monkeypatch):
+    from moeroute.harness import capture
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
+    with pytest.raises(MoeRouteError, match=r"pip install 'moeroute\[capture\]'"):
+        capture.load_model(".")

@@ -1,0 +1,126 @@
+"""Every registered router (iterated from ``router_names()``, so routers added later are covered too) on random
+cases across shapes, k, capacity factors (0.5..2 and none), ties and extreme logits (±50):
+
+- the routing passes ``Routing.check()``: no token gets an expert twice, no expert exceeds C, ids in range;
+- the drop rates are in [0, 1];
+- ``exact`` reaches the MCMF optimum (zero gap);
+- every router whose routing is feasible (no token over k, no expert over C; Expert Choice and dropless may not
+  be) scores at most the max-weight optimum;
+- the MCMF optimum scores at least every router that fills as many slots.
+
+A router that refuses a case must have its documented precondition in :data:`PRECONDITIONS`; any other
+``MoeRouteError`` fails the test.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from moeroute import MoeRouteError, router_names
+from moeroute.harness.evaluate import optima
+from moeroute.harness.metrics import routing_metrics
+from moeroute.problem import RouterInput, make_input
+from moeroute.routers import bind_router
+
+PRECONDITIONS: dict[str, Callable[[RouterInput], bool]] = {
+    "base": lambda x: x.k == 1 and x.tokens % x.experts == 0
+    and (x.capacity is None or x.capacity >= x.tokens // x.experts),
+    "expert_choice": lambda x: x.capacity is not None,
+}
+"""Router name -> whether a case meets the router's documented preconditions (the router raises otherwise)."""
+
+EXTRA_SPECS = {
+    "gshard": ["gshard:drop_policy=probs"],
+    "reroute": ["reroute:variant=second"],
+    "sinkhorn": ["sinkhorn:eps=0.1,iters=20"],
+    "base": ["base:solver=auction"],
+    "aux_free": ["aux_free:rate=0.05"],
+}
+"""Non-default options worth covering too (only for routers that are registered)."""
+
+
+def all_specs() -> list[str]:
+    specs = []
+    for name in router_names():
+        specs.append(name)
+        specs.extend(EXTRA_SPECS.get(name, []))
+    return specs
+
+
+def logits_strategy(kind: str, g: int, t: int, e: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "gauss":
+        return torch.randn(g, t, e, generator=gen) * 2
+    if kind == "ties":  # small integers: many exactly equal scores within and across tokens
+        return torch.randint(0, 3, (g, t, e), generator=gen).float()
+    # extreme: ±50 and 0, so softmax scores are exactly 0 or 1 (or 1/2, 1/3 ...)
+    return (torch.randint(-1, 2, (g, t, e), generator=gen) * 50).float()
+
+
+def accepts(name: str, x: RouterInput) -> bool:
+    rule = PRECONDITIONS.get(name)
+    return rule is None or rule(x)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    g=st.integers(1, 2),
+    t=st.integers(1, 12),
+    e=st.integers(1, 6),
+    k=st.integers(1, 3),
+    cf=st.one_of(st.none(), st.floats(0.5, 2.0), st.sampled_from([0.5, 1.0, 2.0])),
+    kind=st.sampled_from(["gauss", "ties", "extreme"]),
+    seed=st.integers(0, 10_000),
+)
+def test_every_router_obeys_the_invariants(g, t, e, k, cf, kind, seed):
+    k = min(k, e)
+    logits = logits_strategy(kind, g, t, e, seed)
+    x = make_input(logits, k, cf)
+    mcmf, maxweight = optima(x)
+    slack = 1e-6 * g * t * k + 1e-9  # the solvers optimise integer costs round(S * 1e6)
+    for spec in all_specs():
+        name = spec.partition(":")[0]
+        bound = bind_router(spec)
+        try:
+            routing = bound(x)
+        except MoeRouteError:
+            if accepts(name, x):
+                raise
+            continue
+        assert accepts(name, x), f"{spec} accepted a case its precondition refuses"
+        routing.check()
+        assert routing.experts.shape[:2] == (g, t)
+        if routing.weights is not None:
+            assert torch.isfinite(routing.weights).all()
+            assert (routing.weights[routing.experts < 0] == 0).all()
+        m = routing_metrics(x, routing)
+        for rate in (m.slot_drop_rate, m.token_drop_rate, m.over_k_rate):
+            assert 0.0 <= rate <= 1.0
+        if m.second_choice_drop_rate is not None:
+            assert 0.0 <= m.second_choice_drop_rate <= 1.0
+        if x.capacity is not None and routing.capacity is not None:
+            assert int(routing.load().max()) <= x.capacity
+        over_k = bool((routing.experts_per_token() > k).any())
+        over_c = x.capacity is not None and int(routing.load().max()) > x.capacity
+        if over_k or over_c:
+            continue  # outside the problem (Expert Choice over k, dropless ignoring C): the optima do not bound it
+        assert m.objective <= float(maxweight.objective.sum()) + slack, spec
+        filled = int(routing.assigned().sum())
+        assert filled <= int(mcmf.flow.sum())
+        if filled == int(mcmf.flow.sum()):
+            assert m.objective <= float(mcmf.objective.sum()) + slack, spec
+        if spec == "exact":
+            assert filled == int(mcmf.flow.sum())
+            assert m.objective == pytest.approx(float(mcmf.objective.sum()), abs=slack)
+
+
+def test_every_registered_router_is_covered():
+    names = router_names()
+    for name in ("gshard", "dropless", "exact", "reroute", "sinkhorn", "base", "expert_choice", "global_greedy", "aux_free"):
+        assert name in names
+    assert set(PRECONDITIONS) <= set(names)
