@@ -1,6 +1,6 @@
 """Exact solvers and routers timed side by side: the same as ``moeroute bench`` (see benchmarks/README.md).
 
-    PYTHONPATH=$PWD python benchmarks/bench_routing.py --quick      # < 1 min
+    PYTHONPATH=$PWD python benchmarks/bench_routing.py --quick      # about 1 min
     PYTHONPATH=$PWD python benchmarks/bench_routing.py              # full run, about 10 min
 """
 

@@ -127,13 +127,13 @@ def capped_solve(scores: np.ndarray, k: int, capacity: Optional[int], solver: st
 
 def solver_rows(
     sizes: list[Size], workloads: list[str], k: int, cf: Optional[float], repeats: int, slow: list[str],
-    slow_cap_s: float, slow_max_pairs: int, log: Callable[[str], None] = print,
+    slow_cap_s: float, slow_sizes: list[Size], log: Callable[[str], None] = print, budget_s: float = 8.0,
 ) -> list[dict]:
     """Time the default solver, OR-tools direct, every fast registered solver and (capped) the slow ones.
 
-    A slow solver runs once in its own process up to ``slow_cap_s``; it is not started where ``G*T*E`` exceeds
-    ``slow_max_pairs``. Where it was capped or skipped, its time is extrapolated from its smallest measured size by
-    (units of flow) x (arcs), the work of successive shortest paths, and marked ``~``.
+    A slow solver runs once in its own process up to ``slow_cap_s``, only at ``slow_sizes``. Where it was capped
+    or not run, its time is extrapolated from its first measured size by (units of flow) x (arcs), the work of
+    successive shortest paths, and marked ``~``.
     """
     fast = [DEFAULT_SOLVER] + [s for s in SOLVERS if s != DEFAULT_SOLVER and s not in SLOW_SOLVERS]
     rows, measured = [], {}
@@ -146,7 +146,7 @@ def solver_rows(
             fns: dict[str, Callable[[], Any]] = {"ortools direct": lambda: ortools_direct(costs, k, x.capacity)}
             for name in fast:
                 fns[name] = lambda name=name: solve_optimum(scores, k, x.capacity, name)
-            timed = interleaved(fns, repeats, budget_s=8.0)
+            timed = interleaved(fns, repeats, budget_s=budget_s)
             ref_cost = timed["ortools direct"][0]
             row = {"workload": workload, "size": str(size), "ortools direct": timed["ortools direct"][1]}
             for name in fast:
@@ -155,7 +155,7 @@ def solver_rows(
             work = size.groups * (k * size.tokens) * (size.tokens * size.experts)  # per group: units x arcs
             for name in slow:
                 result = None
-                if size.groups * size.tokens * size.experts <= slow_max_pairs:
+                if size in slow_sizes:
                     result = capped_solve(scores, k, x.capacity, name, slow_cap_s)
                 if result is not None:
                     row[name] = result[0] * 1e3
@@ -165,7 +165,7 @@ def solver_rows(
                     base_work, base_ms = measured[(name, workload)]
                     row[name] = f"~{base_ms * work / base_work / 1e3:.0f} s (>{slow_cap_s:.0f} s)"
                 else:
-                    row[name] = f">{slow_cap_s:.0f} s" if size.groups * size.tokens * size.experts <= slow_max_pairs else "skipped"
+                    row[name] = f">{slow_cap_s:.0f} s" if size in slow_sizes else "not run"
             rows.append(row)
     return rows
 
@@ -189,7 +189,7 @@ def default_router_specs() -> list[str]:
 
 def router_rows(
     specs: list[str], sizes: list[Size], workloads: list[str], k: int, cf: Optional[float], repeats: int,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, budget_s: float = 8.0,
 ) -> list[dict]:
     """Median latency of each router on prepared inputs (scores already computed) beside ``gshard`` and a bare
     ``torch.topk`` of the scores, with its objective gap to the MCMF optimum (default solver)."""
@@ -209,7 +209,7 @@ def router_rows(
                     errors[spec] = str(exc)
                     continue
                 fns[spec] = lambda bound=bound: bound(x)
-            timed = interleaved(fns, repeats, warmup=2, budget_s=8.0)
+            timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s)
             topk_ms, gshard_ms = timed["torch.topk"][1], timed["gshard"][1]
             rows.append({"workload": workload, "size": str(size), "router": "torch.topk (no capacity)", "ms": topk_ms,
                          "x gshard": topk_ms / gshard_ms, "x topk": 1.0, "gap": None, "drop": None})
@@ -287,7 +287,7 @@ def memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optiona
 
 
 def curve_rows(router: str, points: list[tuple[int, float]], size: Size, workload: str, k: int, cf: Optional[float],
-               repeats: int, log: Callable[[str], None] = print) -> list[dict]:
+               repeats: int, log: Callable[[str], None] = print, budget_s: float = 5.0) -> list[dict]:
     """Gap to the MCMF optimum vs median time of ``router:iters=I,eps=EPS`` for each ``(I, EPS)``."""
     x = make_case(workload, size, k, cf)
     optimum = float(solve_optimum(x.scores, k, x.capacity).objective.sum())
@@ -297,7 +297,7 @@ def curve_rows(router: str, points: list[tuple[int, float]], size: Size, workloa
         bound = bind_router(f"{router}:iters={iters},eps={eps:g}")
         fns[bound.spec] = lambda bound=bound: bound(x)
     log(f"curve: {len(points)} points of {router}")
-    timed = interleaved(fns, repeats, warmup=1, budget_s=5.0)
+    timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s)
     gshard_ms = timed["gshard"][1]
     rows = []
     for (iters, eps), spec in zip(points, list(fns)[1:]):

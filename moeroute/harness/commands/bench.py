@@ -25,32 +25,40 @@ FULL = {
     "router_sizes": "32x512x16,16384x64",
     "memory_size": "16384x64",
     "curve_size": "32x512x16",
-    "curve": "5:0.05,10:0.05,20:0.05,50:0.05,100:0.05,20:0.1,20:0.01,50:0.01",
+    "curve": "5:0.01,10:0.01,20:0.01,50:0.01,100:0.01,50:0.05,50:0.1",
+    "workloads": "skew,gauss",
+    "repeats": 7,
+    "budget": 8.0,
 }
 QUICK = {
     "solver_sizes": "1024x16,4096x64",
     "router_sizes": "32x512x16",
     "memory_size": "4096x64",
     "curve_size": "32x512x16",
-    "curve": "10:0.05,50:0.05",
+    "curve": "10:0.01,50:0.01",
+    "workloads": "skew",
+    "repeats": 3,
+    "budget": 1.5,
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small sizes, no SPFA, a few routers' memory: < 1 min")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, one workload, 3 calls per cell, no SPFA, two routers' memory: about 1 min")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--router", action="append", default=None, metavar="SPEC",
                         help="router spec to time (repeatable; default: every registered router and variants)")
-    parser.add_argument("--workloads", default="skew,gauss", help="synthetic workloads, comma list (default skew,gauss)")
+    parser.add_argument("--workloads", default=None, help="synthetic workloads, comma list (default skew,gauss; --quick: skew)")
     parser.add_argument("--solver-sizes", default=None, help="GxTxE or TxE, comma list")
     parser.add_argument("--router-sizes", default=None, help="GxTxE or TxE, comma list")
     parser.add_argument("--memory-size", default=None, help="size for the peak-memory table")
     parser.add_argument("--k", type=int, default=2)
     parser.add_argument("--cf", type=float, default=1.0)
-    parser.add_argument("--repeats", type=int, default=7, help="timed calls per cell (median; fewer past a time budget)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per cell (median; fewer once a cell spent its budget); default 7, --quick 3")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--slow-cap", type=float, default=60.0, help="seconds allowed to each SPFA / network-simplex run")
-    parser.add_argument("--slow-max", default="4096x64", help="largest size the slow solvers are started on")
+    parser.add_argument("--slow-sizes", default="1024x16,4096x64", help="sizes the slow solvers are started on")
     parser.add_argument("--curve-router", default="maxscore", help="router for the iterations/eps trade-off")
     parser.add_argument("--curve", default=None, help="ITERS:EPS points, comma list")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -82,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for s in sections:
         if s not in SECTIONS:
             raise MoeRouteError(f"unknown bench section {s!r} (known: {', '.join(SECTIONS)})")
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    workloads = [w.strip() for w in (args.workloads or preset["workloads"]).split(",") if w.strip()]
+    repeats = args.repeats or preset["repeats"]
     cf: Optional[float] = args.cf
     torch.set_num_threads(args.threads)
     console = Console(width=max(Console().width, 170))  # wide tables stay on one line when piped
@@ -90,19 +99,18 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     console.print(
         f"moeroute bench: k={args.k}, cf={cf}, torch {torch.__version__} on {args.threads} threads, "
-        f"{platform.processor() or platform.machine()}; medians of up to {args.repeats} calls after warm-up"
+        f"{platform.processor() or platform.machine()}; medians of up to {repeats} round-robin calls after warm-up"
     )
     specs = args.router or bench.default_router_specs()
 
     if "solvers" in sections:
         slow = [] if args.quick else ["spfa", "network_simplex"]
-        slow_limit = bench.Size.parse(args.slow_max)
         rows = []
         for i, workload in enumerate(workloads):
             # The slow references run on the first workload only: they take minutes.
             rows += bench.solver_rows(
-                _sizes(args.solver_sizes or preset["solver_sizes"]), [workload], args.k, cf, args.repeats,
-                slow if i == 0 else [], args.slow_cap, slow_limit.groups * slow_limit.tokens * slow_limit.experts, log,
+                _sizes(args.solver_sizes or preset["solver_sizes"]), [workload], args.k, cf, repeats,
+                slow if i == 0 else [], args.slow_cap, _sizes(args.slow_sizes), log, preset["budget"],
             )
         fast = [c for c in rows[0] if c not in ("workload", "size", "ortools direct") and not c.endswith(" exact")
                 and c not in ("spfa", "network_simplex")] if rows else []
@@ -130,18 +138,22 @@ def run(args: argparse.Namespace) -> int:
 
     if "routers" in sections:
         rows = bench.router_rows(specs, _sizes(args.router_sizes or preset["router_sizes"]), workloads, args.k, cf,
-                                 args.repeats, log)
+                                 repeats, log, preset["budget"])
         table = Table(title="Routers: median ms per call on prepared scores; ratio to gshard and to a bare torch.topk; "
                             "objective gap to the MCMF optimum")
         for col in ["workload", "G x T x E", "router", "ms", "x gshard", "x topk", "gap", "slot drop"]:
             table.add_column(col, justify="right" if col not in ("router",) else "left")
+        errors = {}
         for row in rows:
             if "error" in row:
-                table.add_row(row["workload"], row["size"], row["router"], "error: " + row["error"][:60], "", "", "", "")
+                errors[row["router"]] = row["error"]
+                table.add_row(row["workload"], row["size"], row["router"], "n/a", "", "", "", "")
                 continue
             table.add_row(row["workload"], row["size"], row["router"], _fmt(row["ms"]), _fmt(row["x gshard"], "ratio"),
                           _fmt(row["x topk"], "ratio"), _fmt(row["gap"], "pct"), _fmt(row["drop"], "pct"))
         console.print(table)
+        for spec, msg in errors.items():
+            console.print(f"n/a: {spec}: {msg}")
 
     if "memory" in sections:
         size = bench.Size.parse(args.memory_size or preset["memory_size"])
@@ -173,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
                 points.append((int(iters), float(eps)))
             size = bench.Size.parse(preset["curve_size"])
             try:
-                rows = bench.curve_rows(args.curve_router, points, size, workloads[0], args.k, cf, args.repeats, log)
+                rows = bench.curve_rows(args.curve_router, points, size, workloads[0], args.k, cf, repeats, log,
+                                        preset["budget"] / 2)
             except MoeRouteError as exc:
                 console.print(f"curve: {exc}; skipped")
                 rows = []
