@@ -166,14 +166,18 @@ def run(args: argparse.Namespace) -> int:
         for col in ["router", "peak MB", "x topk", "below a bool [T,E,C]"]:
             table.add_column(col, justify="right" if col != "router" else "left")
         base = next((r.get("peak_mb") for r in rows if r["router"] == "torch.topk"), None)
+        mem_errors = {}
         for row in rows:
             if "error" in row:
-                table.add_row(row["router"], "error: " + row["error"][:60], "", "")
+                mem_errors[row["router"]] = row["error"]
+                table.add_row(row["router"], "n/a", "", "")
                 continue
             ratio = row["peak_mb"] / base if base else None
             table.add_row(row["router"], _fmt(row["peak_mb"], "mb"), _fmt(ratio, "ratio") if ratio else "-",
                           "yes" if row["peak_mb"] < tec_mb else "NO")
         console.print(table)
+        for spec, msg in mem_errors.items():
+            console.print(f"n/a: {spec}: {msg}")
 
     if "curve" in sections:
         if args.curve_router.split(":")[0] not in router_names():
