@@ -18,8 +18,9 @@ Solver = Callable[[np.ndarray, int, Optional[int], Objective], FlowSolution]
 
 AUTO_MIN_PAIRS = 1 << 19
 """``auto`` uses ``expert_ssp`` for groups of at least this many token-expert pairs (``T * E``, e.g. 8192 x 64),
-OR-tools below: measured (benchmarks/bench_routing.py), ``expert_ssp`` is about 0.3-0.5x OR-tools' time at
-16384 x 64, about even at 4096 x 64, and 2-4x slower on many small groups (its per-group Python overhead)."""
+OR-tools below: measured (benchmarks/bench_routing.py), ``expert_ssp`` takes about 0.35x (Gaussian) to
+0.75x (skewed logits) of OR-tools' time at 16384 x 64, 0.7-1.5x at 4096 x 64, and 2-3.5x on 32 groups of 512 x 16
+(its per-group Python overhead)."""
 
 
 def solve_auto(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:

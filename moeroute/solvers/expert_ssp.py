@@ -26,8 +26,9 @@ is over-full. Two phases, per group:
    over-full nodes finds the shortest path to a node with room and one unit moves along it (one token per hop);
    a shortest path keeps the pseudo-flow min-cost, and each removes one unit of excess.
 
-Measured (benchmarks/bench_routing.py, 2 threads): about 0.3-0.5x OR-tools' time at 16384 x 64, about even at
-4096 x 64, slower on many small groups (per-group Python overhead), so ``auto`` picks by group size.
+Measured (benchmarks/bench_routing.py, 2 threads): about 0.35x (Gaussian) to 0.75x (skewed) of OR-tools'
+time at 16384 x 64, 0.7-1.5x at 4096 x 64, 2-3.5x on 32 groups of 512 x 16 (per-group Python overhead), so
+``auto`` picks by group size.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ import numpy as np
 
 from moeroute.solvers.flow_network import FlowSolution, Objective, effective_capacity, finish, integer_costs, max_flow_value
 
-STEPS_PER_NODE = 20
-PATIENCE_PER_NODE = 2
+STEPS_PER_NODE = 10
+PATIENCE_PER_NODE = 1
 BIG = 1 << 60
 """Marks an impossible move or an unusable drop node; far above any reduced cost and far from int64 overflow."""
 
