@@ -107,6 +107,7 @@ def test_auto_dispatches_by_group_size(monkeypatch):
     assert solvers.DEFAULT_SOLVER == "auto"
     assert solve_optimum(scores, 2, cap).solver == "ortools"  # small groups
     monkeypatch.setattr(solvers, "AUTO_MIN_PAIRS", 64 * 8)
+    monkeypatch.setattr(solvers, "AUTO_MIN_TOKENS_PER_EXPERT", 8)
     got = solve_optimum(scores, 2, cap)
     assert got.solver == "expert_ssp"
     np.testing.assert_array_equal(got.int_cost, solve_optimum(scores, 2, cap, "ortools").int_cost)

@@ -17,16 +17,20 @@ from moeroute.solvers.spfa import solve_spfa
 Solver = Callable[[np.ndarray, int, Optional[int], Objective], FlowSolution]
 
 AUTO_MIN_PAIRS = 1 << 19
-"""``auto`` uses ``expert_ssp`` for groups of at least this many token-expert pairs (``T * E``, e.g. 8192 x 64),
-OR-tools below: measured (benchmarks/bench_routing.py), ``expert_ssp`` takes about 0.35x (Gaussian) to
-0.75x (skewed logits) of OR-tools' time at 16384 x 64, 0.7-1.5x at 4096 x 64, and 2-3.5x on 32 groups of 512 x 16
-(its per-group Python overhead)."""
+AUTO_MIN_TOKENS_PER_EXPERT = 128
+"""``auto`` uses ``expert_ssp`` for groups of at least ``AUTO_MIN_PAIRS`` token-expert pairs (``T * E``, e.g.
+8192 x 64) with at least ``AUTO_MIN_TOKENS_PER_EXPERT`` tokens per expert (``E << T``), OR-tools otherwise.
+Measured (benchmarks/bench_routing.py, 2 threads): ``expert_ssp`` takes about 0.35x (Gaussian) to 0.75x (skewed
+logits) of OR-tools' time at 16384 x 64 and 0.4-0.85x at 8192 x 64 (both optima), 0.7-1.5x at 4096 x 64, 2-3.5x on
+32 groups of 512 x 16 (per-group Python overhead), and 1.3-10x where E is large for T (8192 x 256, 2048 x 512)."""
 
 
 def solve_auto(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
-    """The faster exact solver for the group size: ``expert_ssp`` for large groups, OR-tools for small ones."""
-    solver = solve_expert_ssp if scores.shape[1] * scores.shape[2] >= AUTO_MIN_PAIRS else solve_ortools
-    return solver(scores, k, capacity, objective)
+    """The faster exact solver for the group shape: ``expert_ssp`` for large groups with ``E << T``, else
+    OR-tools."""
+    _, t, e = scores.shape
+    large = t * e >= AUTO_MIN_PAIRS and t >= AUTO_MIN_TOKENS_PER_EXPERT * e
+    return (solve_expert_ssp if large else solve_ortools)(scores, k, capacity, objective)
 
 
 SOLVERS: dict[str, Solver] = {
