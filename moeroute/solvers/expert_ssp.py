@@ -41,6 +41,7 @@ from moeroute.solvers.flow_network import FlowSolution, Objective, effective_cap
 
 STEPS_PER_NODE = 10
 PATIENCE_PER_NODE = 1
+MIN_GAIN_PER_SHED = 0.0
 BIG = 1 << 60
 """Marks an impossible move or an unusable drop node; far above any reduced cost and far from int64 overflow."""
 
@@ -138,22 +139,27 @@ class _Group:
         self.p[a] += margin[sel].max()
         self.move_many(idx[sel], a, self.alt_node[idx[sel]])
 
-    def price_phase(self, max_steps: int, patience: int) -> int:
-        """Shed over-full nodes in turn until none is, ``max_steps`` sheds were made, or the total excess has not
-        fallen for ``patience`` sheds (near-ties ping-pong between nodes; phase 2 settles them exactly)."""
+    def price_phase(self, max_steps: int, patience: int, min_gain: float = 0.0) -> int:
+        """Shed over-full nodes in turn until none is, ``max_steps`` sheds were made, the total excess has not
+        fallen for ``patience`` sheds (near-ties ping-pong between nodes; phase 2 settles them exactly), or a sweep
+        removed less than ``min_gain`` units of excess per shed (then a shortest path per unit is cheaper)."""
         steps, since_best = 0, 0
         best = int(np.maximum(self.load - self.cap, 0).sum())
         while steps < max_steps and since_best < patience:
             over = np.flatnonzero(self.load > self.cap)
             if len(over) == 0:
                 break
+            before, sheds = best, 0
             for a in over:
                 if self.load[a] > self.cap[a]:
                     self.shed(int(a))
-                    steps += 1
+                    sheds += 1
+            steps += sheds
             total = int(np.maximum(self.load - self.cap, 0).sum())
             since_best = 0 if total < best else since_best + len(over)
             best = min(best, total)
+            if before - total < min_gain * sheds:
+                break
         return steps
 
     # -- phase 2: successive shortest paths -------------------------------------------------------------------
@@ -178,6 +184,19 @@ class _Group:
             free = (self.z[cols] < self.cap[cols]) & (self.w[a, cols] > 0) & (cols != a)
             self.w[a, cols[free]] = 0
             self.who[a, cols[free]] = -1
+
+    def column(self, a: int, x: int) -> None:
+        """:meth:`row` for the one entry ``a -> x`` (the common update; fewer numpy calls)."""
+        idx = self.holders(a)
+        if x == a or not len(idx) or (x == self.d and not self.has_drop):
+            self.w[a, x] = BIG
+        else:
+            delta = self.c[idx, x] - self.c[idx, a]
+            delta[self.member[idx, x]] = BIG
+            j = int(delta.argmin())
+            self.w[a, x], self.who[a, x] = delta[j], idx[j]
+        if self.z[a] > 0 and x != a and self.z[x] < self.cap[x] and self.w[a, x] > 0:
+            self.w[a, x], self.who[a, x] = 0, -1
 
     def offer(self, tok: int, a: int, cols: np.ndarray) -> None:
         """Token ``tok`` (a holder of ``a``) may now move from ``a`` to ``cols``: lower those entries if cheaper."""
@@ -215,8 +234,11 @@ class _Group:
         self.move_many(np.array([tok]), src, np.array([dst]))
         # src lost a holder (unless tok keeps drop units there): entries it supplied need a new minimum.
         lost = np.flatnonzero(self.who[src] == tok)
-        if len(lost):
+        if len(lost) > 2:
             self.row(src, lost)
+        else:
+            for x in lost:
+                self.column(src, int(x))
         held = self.held_by(tok)
         # dst gained a holder.
         self.offer(tok, dst, np.arange(n))
@@ -225,7 +247,7 @@ class _Group:
                 continue
             # tok now holds dst, so it can no longer supply h -> dst; it no longer holds src, so h -> src opens.
             if self.who[h, dst] == tok:
-                self.row(int(h), np.array([dst]))
+                self.column(int(h), dst)
             self.offer(tok, int(h), np.array([src]))
 
     def place_filler(self) -> None:
@@ -290,7 +312,7 @@ def solve_expert_ssp(
     for i in range(g):
         group = _Group(costs[i], cap, k)
         budget = STEPS_PER_NODE * (e + 1) if max_steps is None else max_steps
-        stats["steps"] += group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1))
+        stats["steps"] += group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1), min_gain=MIN_GAIN_PER_SHED)
         group.place_filler()
         stats["paths"] += group.ssp_phase()
         out[i] = group.member[:, :e]
