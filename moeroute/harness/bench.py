@@ -289,13 +289,19 @@ def memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optiona
 
 def curve_rows(router: str, points: list[tuple[int, float]], size: Size, workload: str, k: int, cf: Optional[float],
                repeats: int, log: Callable[[str], None] = print, budget_s: float = 5.0) -> list[dict]:
-    """Gap to the MCMF optimum vs median time of ``router:iters=I,eps=EPS`` for each ``(I, EPS)``."""
+    """Gap to the MCMF optimum vs median time of ``router:iters=I,eps=EPS,tol=0`` for each ``(I, EPS)`` (without
+    ``tol=0`` if the router has no ``tol`` option)."""
     x = make_case(workload, size, k, cf)
     optimum = float(solve_optimum(x.scores, k, x.capacity).objective.sum())
     gshard = bind_router("gshard")
     fns: dict[str, Callable[[], Any]] = {"gshard": lambda: gshard(x)}
     for iters, eps in points:
-        bound = bind_router(f"{router}:iters={iters},eps={eps:g}")
+        spec = f"{router}:iters={iters},eps={eps:g}"
+        try:
+            # tol=0 so that the iteration cap, not the tolerance, ends Sinkhorn: the curve is about iterations.
+            bound = bind_router(spec + ",tol=0")
+        except MoeRouteError:
+            bound = bind_router(spec)
         fns[bound.spec] = lambda bound=bound: bound(x)
     log(f"curve: {len(points)} points of {router}")
     timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s)
