@@ -5,7 +5,25 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
+
+
+def _queue_positions_numpy(ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """:func:`queue_positions` in token order on CPU: the same integer arithmetic in numpy, whose stable argsort
+    of 16-bit keys is a radix sort. Measured at P = 32768 on 2 threads: 0.15 ms for the sort where torch 2.13's
+    stable sort took 250 ms, and each torch index/gather of P elements 12 ms on a loaded machine (its parallel
+    regions wait for the second thread), so the whole queue runs single-threaded in numpy."""
+    g, p = ids.shape
+    n_keys = g * (num_experts + 1)
+    bucket = np.where(ids < 0, num_experts, ids)
+    keys = (bucket + np.arange(g)[:, None] * (num_experts + 1)).reshape(-1)
+    perm = np.argsort(keys.astype(np.uint16 if n_keys <= 1 << 16 else np.int64), kind="stable")
+    counts = np.bincount(keys, minlength=n_keys)
+    starts = np.cumsum(counts) - counts
+    pos = np.empty(g * p, dtype=np.int64)
+    pos[perm] = np.arange(g * p) - starts[keys[perm]]
+    return pos.reshape(g, p)
 
 
 def queue_positions(
@@ -17,7 +35,30 @@ def queue_positions(
     proposal order along ``P`` (first come, first served), or ``priority`` ``[G, P]`` descending with the proposal
     order breaking ties. Implemented as a stable sort of the expert ids, not a one-hot cumsum: at 16384 x 64 the
     one-hot ``[P, E]`` cumsum took 34 ms and the sort 6.5 ms on 2 cores (reference note §4), bit-identical.
+    On CPU the sort and the index arithmetic run in numpy (see :func:`_queue_positions_numpy`).
     """
+    g, p = proposals.shape
+    device = proposals.device
+    if device.type == "cpu":
+        ids = proposals.numpy()
+        order = None
+        if priority is not None:
+            # Descending and stable, like torch.sort(descending=True, stable=True): ties keep proposal order.
+            order = np.argsort(-priority.detach().numpy(), axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, axis=1)
+        pos = _queue_positions_numpy(ids, num_experts)
+        if order is not None:
+            out = np.empty_like(pos)
+            np.put_along_axis(out, order, pos, axis=1)
+            pos = out
+        return torch.from_numpy(pos)
+    return _queue_positions_torch(proposals, num_experts, priority)
+
+
+def _queue_positions_torch(
+    proposals: torch.Tensor, num_experts: int, priority: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """:func:`queue_positions` in torch, for any device (used off CPU)."""
     g, p = proposals.shape
     device = proposals.device
     order = torch.arange(p, device=device).expand(g, p)

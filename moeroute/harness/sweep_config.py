@@ -14,7 +14,7 @@ for every grid at the top level, and a list ``grid`` of grids (TOML ``[[grid]]``
 - ``cf``        capacity factors, numbers > 0 or ``"none"`` (no capacity) (default ``[1.0]``)
 - ``seeds``     a list of seeds, or a count ``n`` meaning ``0 .. n-1`` (default ``[0]``)
 - ``repeats``   timed calls per router for the latency median (default ``5``)
-- ``solver``    exact solver of the optimum (default ``"ortools"``)
+- ``solver``    exact solver of the optimum (default ``"auto"``, the project default)
 
 Every grid point (workload, G, T, E, k, cf, seed) is one set of logits and one optimum; every router of the grid
 runs on it.
@@ -36,12 +36,12 @@ from moeroute.errors import MoeRouteError
 from moeroute.harness.workloads import captured_tokens, check_workload, is_captured, parse_captured
 from moeroute.options import parse_spec
 from moeroute.routers import bind_router, router_names
-from moeroute.solvers import SOLVERS
+from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
 
 GRID_KEYS = ("name", "routers", "workloads", "tokens", "groups", "experts", "k", "cf", "seeds", "repeats", "solver")
 DEFAULTS: dict[str, Any] = {
     "tokens": [512], "groups": [4], "experts": [16], "k": [2], "cf": [1.0], "seeds": [0], "repeats": 5,
-    "solver": "ortools",
+    "solver": DEFAULT_SOLVER,
 }
 
 

@@ -16,10 +16,11 @@ from moeroute.solvers import DEFAULT_SOLVER, solve_optimum
 
 @dataclass(frozen=True)
 class ExactOptions:
-    """``solver``: ortools (fast, default), spfa (the paper's, slow), network_simplex, max_flow_min_cost.
+    """``solver``: auto (default: expert_ssp on large groups, else ortools), ortools, expert_ssp (exact, fast when
+    E << T), spfa (the paper's, slow), network_simplex, max_flow_min_cost.
     ``objective``: mcmf (fill every slot capacity allows, then max score) or maxweight (flow free)."""
 
-    solver: Literal["ortools", "spfa", "network_simplex", "max_flow_min_cost"] = DEFAULT_SOLVER  # type: ignore[assignment]
+    solver: Literal["auto", "ortools", "expert_ssp", "spfa", "network_simplex", "max_flow_min_cost"] = DEFAULT_SOLVER  # type: ignore[assignment]
     objective: Literal["mcmf", "maxweight"] = "mcmf"
 
 

@@ -38,7 +38,8 @@ def solve_ortools_transport(
     experts = 2 + g * t + np.arange(g * e, dtype=np.int64).reshape(g, e)
     pair_tail = np.broadcast_to(tokens[:, :, None], (g, t, e)).reshape(-1)
     pair_head = np.broadcast_to(experts[:, None, :], (g, t, e)).reshape(-1)
-    pair_cost = integer_costs(scores).reshape(-1)
+    int_costs = integer_costs(scores)
+    pair_cost = int_costs.reshape(-1)
     pair_cells = np.arange(g * t * e) if allowed is None else np.flatnonzero(np.asarray(allowed, dtype=bool).reshape(-1))
     tails = np.concatenate([np.full(g * t, source), pair_tail[pair_cells], experts.reshape(-1)])
     heads = np.concatenate([tokens.reshape(-1), pair_head[pair_cells], np.full(g * e, sink)])
@@ -63,4 +64,4 @@ def solve_ortools_transport(
     flows = solver.flows(np.arange(g * t, g * t + pair_cells.size)) > 0
     assignment = np.zeros(g * t * e, dtype=bool)
     assignment[pair_cells] = flows
-    return finish(assignment.reshape(g, t, e), scores, "ortools")
+    return finish(assignment.reshape(g, t, e), scores, "ortools", int_costs)

@@ -15,6 +15,7 @@ from moeroute.errors import MoeRouteError
 from moeroute.harness.evaluate import evaluate
 from moeroute.harness.logits_io import load_logits
 from moeroute.harness.metrics import TABLE_KEYS
+from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
 from moeroute.harness.workloads import synthetic_logits, workload_names
 
 NAME = "eval"
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", type=int, default=16, help="synthetic: experts (default 16)")
     p.add_argument("--seed", type=int, default=0, help="synthetic: seed (default 0)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per router (default 5)")
-    p.add_argument("--solver", default="ortools", help="exact solver for the optimum (default ortools)")
+    p.add_argument("--solver", default=DEFAULT_SOLVER,
+                   help=f"exact solver for the optimum: {', '.join(SOLVERS)} (default {DEFAULT_SOLVER})")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
 

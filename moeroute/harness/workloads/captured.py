@@ -17,6 +17,7 @@ import torch
 
 from moeroute.errors import MoeRouteError
 from moeroute.harness.logits_io import load_logits
+from moeroute.problem import as_groups
 
 PREFIX = "captured:"
 
@@ -46,18 +47,11 @@ def parse_captured(spec: str) -> tuple[str, Optional[str]]:
 def _tokens_cached(path: str, key: Optional[str], mtime_ns: int, size: int) -> torch.Tensor:
     data = load_logits(path, key)
     where = f"{path}" + (f" [{key}]" if key else "")
-    if not data.is_floating_point():
-        raise MoeRouteError(f"{where}: logits must be floating point, got dtype {data.dtype}")
-    if data.dim() == 3:
-        data = data.reshape(-1, data.shape[-1])
-    elif data.dim() != 2:
-        raise MoeRouteError(f"{where}: logits must have shape [N, E] or [G, T, E], got {tuple(data.shape)}")
-    if data.numel() == 0:
-        raise MoeRouteError(f"{where}: logits are empty, shape {tuple(data.shape)}")
-    if not bool(torch.isfinite(data).all()):
-        bad = "NaN" if bool(torch.isnan(data).any()) else "infinite"
-        raise MoeRouteError(f"{where}: logits contain {bad} values")
-    return data.float().contiguous()
+    try:
+        groups = as_groups(data)  # the one validation of logits: dtype, rank, emptiness, NaN/inf
+    except MoeRouteError as exc:
+        raise MoeRouteError(f"{where}: {exc}") from None
+    return groups.reshape(-1, groups.shape[-1]).contiguous()
 
 
 def captured_tokens(path: str, key: Optional[str] = None) -> torch.Tensor:

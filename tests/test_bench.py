@@ -1,0 +1,38 @@
+"""`moeroute bench` runs end to end on tiny sizes and prints its tables (no timing is asserted)."""
+
+from __future__ import annotations
+
+from moeroute.harness import bench
+from moeroute.harness.cli import main
+
+
+def test_bench_prints_solver_and_router_tables(capsys):
+    code = main([
+        "bench", "--sections", "solvers,routers", "--solver-sizes", "64x8,2x32x4", "--router-sizes", "2x32x4",
+        "--router", "gshard", "--router", "dropless", "--router", "exact", "--repeats", "2", "--quiet",
+        "--workloads", "skew",
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Exact MCMF optimum" in out and "ortools direct" in out and "expert_ssp" in out
+    assert "WRONG" not in out  # every fast solver found OR-tools' integer optimum
+    assert "Routers" in out and "dropless" in out and "torch.topk" in out
+
+
+def test_bench_rejects_bad_sizes_and_sections(capsys):
+    assert main(["bench", "--sections", "nope"]) == 2
+    assert main(["bench", "--sections", "solvers", "--solver-sizes", "12"]) == 2
+    assert "size must look like" in capsys.readouterr().err
+
+
+def test_memory_rows_measure_a_router_in_a_child():
+    rows = bench.memory_rows(["gshard"], bench.Size(1, 256, 8), "gauss", 2, 1.0, threads=1, log=lambda m: None)
+    assert [r["router"] for r in rows] == ["torch.topk", "gshard"]
+    assert all("peak_mb" in r and r["peak_mb"] >= 0 for r in rows)
+
+
+def test_slow_solver_is_capped():
+    import numpy as np
+
+    scores = np.random.default_rng(0).random((1, 8, 4))
+    assert bench.capped_solve(scores, 2, 4, "spfa", cap_s=30) is not None
