@@ -83,14 +83,11 @@ def greedy_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]
     device = scores.device
     token = torch.arange(t, device=device)
     full_at = torch.full((g, e), t, dtype=torch.long, device=device)  # t = not known to fill
-    neg = torch.full_like(scores, _NEG)
+    groups = torch.arange(g, device=device)
+    choice = _open_argmax(scores, torch.ones_like(scores, dtype=torch.bool))
     rounds = 0
     while True:
         rounds += 1
-        open_to = token.view(1, t, 1) <= full_at.unsqueeze(1)
-        masked = torch.where(open_to, scores, neg)
-        choice = torch.argmax(masked, dim=2)
-        choice = torch.where(torch.isfinite(torch.gather(masked, 2, choice.unsqueeze(2)).squeeze(2)), choice, -1)
         fills = (choice >= 0) & (queue_positions(choice, e) == capacity - 1)
         fills &= torch.gather(full_at == t, 1, choice.clamp(min=0))
         when = torch.full((g, e + 1), t, dtype=torch.long, device=device)
@@ -99,8 +96,20 @@ def greedy_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]
         new = first.values < t
         if not bool(new.any()):
             return choice, rounds
-        hit = torch.nn.functional.one_hot(first.indices, e).bool() & new.unsqueeze(1)
-        full_at = torch.where(hit, first.values.unsqueeze(1), full_at)
+        full_at[groups[new], first.indices[new]] = first.values[new]
+        # Closing expert f at time tau changes only the choice of the later tokens that chose f (removing any other
+        # expert from a row leaves its first maximum where it was): re-choose those rows alone.
+        redo = new.unsqueeze(1) & (choice == first.indices.unsqueeze(1)) & (token.unsqueeze(0) > first.values.unsqueeze(1))
+        gi, ti = torch.nonzero(redo, as_tuple=True)
+        choice[gi, ti] = _open_argmax(scores[gi, ti], ti.unsqueeze(1) <= full_at[gi])
+
+
+def _open_argmax(scores: torch.Tensor, open_to: torch.Tensor) -> torch.Tensor:
+    """Each row's best open expert (first among equals), ``-1`` where none is open or finite: long ``[...]`` of
+    ``scores`` / ``open_to`` ``[..., E]``."""
+    masked = torch.where(open_to, scores, torch.full_like(scores, _NEG))
+    best = torch.max(masked, dim=-1)
+    return torch.where(torch.isfinite(best.values), best.indices, -1)
 
 
 def argmax_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]:
