@@ -148,8 +148,10 @@ def residual_plan(
     cols = torch.where(allowed.any(dim=1), room, torch.zeros_like(room)).to(scores.dtype)
     slack_row = (cols.sum(1) - rows.sum(1)).clamp(min=0)
     slack_col = (rows.sum(1) - cols.sum(1)).clamp(min=0)
-    kernel = torch.full((g, t + 1, e + 1), _NEG, dtype=scores.dtype, device=scores.device)
-    kernel[:, :t, :e] = torch.where(allowed, scores / eps, torch.full_like(scores, _NEG))
+    kernel = torch.empty((g, t + 1, e + 1), dtype=scores.dtype, device=scores.device)
+    torch.div(scores, eps, out=kernel[:, :t, :e])
+    kernel[:, :t, :e].masked_fill_(~allowed, _NEG)
+    kernel[:, t, e] = _NEG
     kernel[:, :t, e] = torch.where(rows > 0, 0.0, _NEG)
     kernel[:, t, :e] = torch.where(cols > 0, 0.0, _NEG)
     row_m = torch.cat([rows, slack_row.unsqueeze(1)], dim=1)
@@ -160,8 +162,8 @@ def residual_plan(
         result = sinkhorn_capped_log(kernel, row_m, col_m, capped, max_iters=iters, tol=tol)
     else:
         result = sinkhorn_log(kernel, row_m, col_m, max_iters=iters, tol=tol)
-    log_plan = result.log_plan[:, :t, :e]
-    return torch.where(allowed, log_plan, torch.full_like(log_plan, _NEG)), result.iterations
+    # Not-allowed cells are -inf in the kernel, hence in the plan: the slice needs no mask.
+    return result.log_plan[:, :t, :e], result.iterations
 
 
 def stage2_sinkhorn(
@@ -224,6 +226,9 @@ def stage2_exact(scores: torch.Tensor, experts: torch.Tensor, capacity: int) -> 
 
 def rank_slots(scores: torch.Tensor, experts: torch.Tensor, stage1: torch.Tensor) -> torch.Tensor:
     """Order each token's slots: its stage-1 expert first (rank 1), then the rest by score, empty slots last."""
+    if experts.shape[2] == 2 and bool((stage1 >= 0).all()):
+        # Slot 0 holds the stage-1 expert (never moved), slot 1 the one other: already in order.
+        return experts
     mask = held_mask(experts, scores.shape[2])
     first = torch.nn.functional.one_hot(stage1.clamp(min=0), scores.shape[2]).bool() & (stage1 >= 0).unsqueeze(2)
     rank = torch.where(first, torch.full_like(scores, float("inf")), scores)

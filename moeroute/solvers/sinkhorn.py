@@ -96,17 +96,25 @@ def sinkhorn_log(
                 v = torch.ones_like(v)
     f = f + _safe_log(u)
     g = g + _safe_log(v)
-    log_plan = log_kernel + f.unsqueeze(2) + g.unsqueeze(1)
-    return SinkhornResult(torch.nan_to_num(log_plan, nan=-float("inf"), neginf=-float("inf")), it, error)
+    return SinkhornResult(_plus_potentials(log_kernel, f, g), it, error)
 
 
 def _scaled_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``exp(log_kernel + f + g)`` ``[G, T, E]``, exactly 0 below ``exp(_CUTOFF)`` and on rows or columns whose
     potential is infinite (a zero marginal, or an infeasible row with no kernel at all)."""
-    ok = torch.isfinite(f).unsqueeze(2) & torch.isfinite(g).unsqueeze(1)
-    arg = log_kernel + _finite(f).unsqueeze(2) + _finite(g).unsqueeze(1)
-    keep = ok & (arg > _CUTOFF)
-    return torch.where(keep, torch.exp(torch.where(keep, arg, torch.zeros_like(arg))), torch.zeros_like(arg))
+    arg = _plus_potentials(log_kernel, f, g)
+    keep = arg > _CUTOFF
+    return arg.exp_().masked_fill_(~keep, 0.0)
+
+
+def _plus_potentials(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``log_kernel + f + g`` ``[G, T, E]`` (a new tensor), ``-inf`` on rows or columns whose potential is not
+    finite: mapping those potentials to ``-inf`` first keeps NaN (``-inf + inf``) out with two passes over the
+    kernel instead of a ``nan_to_num`` and masks."""
+    neg = -float("inf")
+    f = torch.where(torch.isfinite(f), f, neg)
+    g = torch.where(torch.isfinite(g), g, neg)
+    return (log_kernel + f.unsqueeze(2)).add_(g.unsqueeze(1))
 
 
 def _check(kernel_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
