@@ -43,8 +43,12 @@ def _minus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _ratio(marginal: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left)."""
-    return torch.where(mass > 0, marginal / mass.clamp(min=torch.finfo(mass.dtype).tiny), torch.zeros_like(mass))
+    """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left).
+
+    One division and one ``nan_to_num`` (0/0 and m/0 -> 0): measured 9 us against 60-85 us for a ``where`` with a
+    clamped denominator at 32 x 513 and 16385, 1 thread. In the loop the mass is 0 or far above the smallest normal
+    float (kernel entries >= exp(_CUTOFF), scalings within exp(+-_ABSORB_AT)), so nothing else overflows."""
+    return torch.nan_to_num(marginal / mass, nan=0.0, posinf=0.0)
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
