@@ -126,8 +126,12 @@ def _check(kernel_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor, rows: torch
     ``|log|`` of a positive scaling, in one device sync."""
     mass = u * torch.bmm(v.unsqueeze(1), kernel_t).squeeze(1)
     error = (mass - rows).abs().max()
-    logs = torch.cat([_finite(_safe_log(u)).abs().flatten(), _finite(_safe_log(v)).abs().flatten()])
-    error, spread = torch.stack([error, logs.max()]).tolist()
+    # max |log x| over positive x = max(log max x, -log min positive x): four reductions, no [G, T] logs.
+    inf = torch.tensor(float("inf"), dtype=u.dtype, device=u.device)
+    big = torch.stack([u.max(), v.max()]).max()
+    small = torch.stack([torch.where(u > 0, u, inf).min(), torch.where(v > 0, v, inf).min()]).min()
+    error, big, small = torch.stack([error, big, small]).tolist()
+    spread = max(math.log(big) if big > 0 else 0.0, -math.log(small) if 0 < small < math.inf else 0.0)
     return error, spread
 
 
