@@ -137,6 +137,16 @@ def augment_open_slots(
     g, t, r = experts.shape
     e = scores.shape[2]
     device = experts.device
+    # Groups are independent and one without an open slot never moves: run on the others alone (typically a
+    # few of G = 32 after stage 2), each step then costs O(open groups x T x E).
+    busy = (fill & (experts < 0)).flatten(1).any(dim=1)
+    if not bool(busy.all()):
+        out = experts.clone()
+        if bool(busy.any()):
+            idx = torch.nonzero(busy).squeeze(1)
+            out[idx], placed = augment_open_slots(scores[idx], experts[idx], capacity, fill[idx], movable[idx], max_steps)
+            return out, placed
+        return out, 0
     experts = experts.clone()
     movable = movable.clone()
     placed = 0

@@ -79,12 +79,13 @@ def sinkhorn_log(
     scale = float(row_marginals.max()) if row_marginals.numel() else 1.0
     # First iteration in the log domain: potentials f [G, T], g [G, E] put every row and column on its scale.
     f = _minus(log_r, _logsumexp(log_kernel, dim=2))
-    row_scaled = _plus_potentials(log_kernel, f, None)
-    g = _minus(log_c, _logsumexp(row_scaled, dim=1))
+    # Column step on the transposed copy: reductions along the contiguous dim are ~2x faster on CPU.
+    row_scaled_t = _plus_potentials(log_kernel, f, None).transpose(1, 2).contiguous()
+    g = _minus(log_c, _logsumexp(row_scaled_t, dim=2))
     # The kernel from log_kernel + f (with f's non-finite entries as -inf, as _scaled_kernel does) plus g: one pass.
-    kernel = _cut_exp_(row_scaled.add_(torch.where(torch.isfinite(g), g, -float("inf")).unsqueeze(1)))
+    kernel_t = _cut_exp_(row_scaled_t.add_(torch.where(torch.isfinite(g), g, -float("inf")).unsqueeze(2)))
+    kernel = kernel_t.transpose(1, 2).contiguous()
     # Both products as row-vector x matrix: on CPU, [1, E] x [E, T] is ~8x faster than [T, E] x [E, 1].
-    kernel_t = kernel.transpose(1, 2).contiguous()
     u = torch.ones_like(row_marginals)
     v = torch.ones_like(col_marginals)
     error = _check(kernel_t, u, v, row_marginals)[0] if max_iters <= 1 or check_every == 1 else float("inf")
