@@ -139,6 +139,7 @@ def reroute_rounds(
     load = expert_load(experts, e)
     neg = torch.tensor(-float("inf"), device=choice_scores.device, dtype=choice_scores.dtype)
     n = gi.numel()
+    slot_ids = torch.arange(r, device=experts.device).unsqueeze(0)
     rounds = 0
     while max_rounds is None or rounds < max_rounds:
         open_slots = sub_fill & (sub_experts < 0)
@@ -155,10 +156,13 @@ def reroute_rounds(
         if not bool(ok.any()):
             break
         proposals = torch.where(ok, prop, torch.full_like(prop, -1))
-        # The queue is rank-major in token order over the whole group, as if every token proposed.
-        flat = torch.full((g, r, t), -1, dtype=proposals.dtype, device=proposals.device)
-        flat[gi, :, ti] = proposals
-        keep = keep_within_capacity(flat.reshape(g, -1), capacity, e, used=load).reshape(g, r, t)[gi, :, ti]
+        # The queue is rank-major in token order within each group, like GShard's: order the n x R proposals by
+        # (group, slot, token) and fold the group into the expert id, so one queue over them alone gives every
+        # group's queues (no [G, R*T] proposal table, no sort of it).
+        order = torch.argsort(((gi.unsqueeze(1) * r + slot_ids) * t + ti.unsqueeze(1)).reshape(-1))
+        ids = torch.where(proposals >= 0, gi.unsqueeze(1) * e + proposals, -1).reshape(-1)[order]
+        kept = keep_within_capacity(ids.unsqueeze(0), capacity, g * e, used=load.reshape(1, -1)).squeeze(0)
+        keep = torch.empty_like(kept).scatter_(0, order, kept).view(n, r)
         sub_experts = torch.where(keep, proposals, sub_experts)
         load = load.index_put(
             (gi.unsqueeze(1).expand(n, r)[keep], proposals[keep]), torch.ones_like(proposals[keep]), accumulate=True
