@@ -27,6 +27,49 @@ def held_mask(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
     return held[..., :num_experts]
 
 
+def _push_gain(scores: torch.Tensor, experts: torch.Tensor, movable: torch.Tensor) -> torch.Tensor:
+    """``gain [G, E, E]`` of :func:`_push_graph` alone. Slots where nothing is movable (stage 1's, typically) are
+    skipped: they would only feed the spare row. The held experts are struck out by a scatter over the ``R``
+    slots (a spare column takes the empty ones) instead of an ``[G, T, E]`` mask."""
+    g, t, r = experts.shape
+    e = scores.shape[2]
+    gain = torch.full((g, e + 1, e), _NEG, dtype=scores.dtype, device=scores.device)
+    can_move = movable & (experts >= 0)
+    held_at = torch.where(experts >= 0, experts, e)
+    for j in range(r):
+        if not bool(can_move[:, :, j].any()):
+            continue
+        f = torch.where(can_move[:, :, j], experts[:, :, j], e)  # e = spare row
+        own = torch.gather(scores, 2, f.clamp(max=e - 1).unsqueeze(2))
+        delta = torch.empty((g, t, e + 1), dtype=scores.dtype, device=scores.device)
+        torch.sub(scores, own, out=delta[:, :, :e])
+        delta.scatter_(2, held_at, _NEG)  # [G, T, to]: -inf where the token holds the target
+        gain.scatter_reduce_(1, f.unsqueeze(2).expand(g, t, e), delta[:, :, :e], "amax")
+    return gain[:, :e]
+
+
+def _push_token(
+    scores: torch.Tensor,
+    experts: torch.Tensor,
+    movable: torch.Tensor,
+    gain: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+) -> torch.Tensor:
+    """``who[g, src[g], dst[g]]`` of :func:`_push_graph` for one move per group, long ``[G]``: the lowest token
+    whose move ``src -> dst`` realises ``gain``. ``O(G T R)`` instead of the full ``[G, E, E]`` table, which an
+    augmenting step only reads along its one chain."""
+    g, t, _ = experts.shape
+    groups = torch.arange(g, device=scores.device)
+    holds = ((experts == src.view(g, 1, 1)) & movable).any(dim=2)  # [G, T]
+    s_src = torch.gather(scores, 2, src.view(g, 1, 1).expand(g, t, 1)).squeeze(2)
+    s_dst = torch.gather(scores, 2, dst.view(g, 1, 1).expand(g, t, 1)).squeeze(2)
+    free = ~(experts == dst.view(g, 1, 1)).any(dim=2)
+    # Same float arithmetic as _push_graph (S[u, to] - S[u, from]), so the equality is exact.
+    best = holds & free & (s_dst - s_src == gain[groups, src, dst].unsqueeze(1))
+    return torch.argmax(best.to(torch.int8), dim=1)
+
+
 def _push_graph(
     scores: torch.Tensor, experts: torch.Tensor, movable: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +77,8 @@ def _push_graph(
 
     ``gain[g, f, f2]`` is the best score change ``S[u, f2] - S[u, f]`` over tokens ``u`` that hold ``f`` in a
     movable slot and do not hold ``f2``; ``who`` is that token (the lowest index among equals). Computed per slot
-    with a scatter-max over the ``from`` expert: ``O(G T E R)``, not ``O(G T E^2)``.
+    with a scatter-max over the ``from`` expert: ``O(G T E R)``, not ``O(G T E^2)``. (The repair reads ``who``
+    lazily, :func:`_push_token`; this full table is the definition the tests check.)
     """
     g, t, r = experts.shape
     e = scores.shape[2]
@@ -96,6 +140,16 @@ def augment_open_slots(
     g, t, r = experts.shape
     e = scores.shape[2]
     device = experts.device
+    # Groups are independent and one without an open slot never moves: run on the others alone (typically a
+    # few of G = 32 after stage 2), each step then costs O(open groups x T x E).
+    busy = (fill & (experts < 0)).flatten(1).any(dim=1)
+    if not bool(busy.all()):
+        out = experts.clone()
+        if bool(busy.any()):
+            idx = torch.nonzero(busy).squeeze(1)
+            out[idx], placed = augment_open_slots(scores[idx], experts[idx], capacity, fill[idx], movable[idx], max_steps)
+            return out, placed
+        return out, 0
     experts = experts.clone()
     movable = movable.clone()
     placed = 0
@@ -107,16 +161,28 @@ def augment_open_slots(
         if not bool(open_token.any()):
             break
         room = expert_load(experts, e) < capacity
-        gain, who = _push_graph(scores, experts, movable)
+        gain = _push_gain(scores, experts, movable)
         value, succ = _reach(gain, room)
-        held = held_mask(experts, e)
-        entry = torch.where(open_token.unsqueeze(2) & ~held, scores + value.unsqueeze(1), torch.full_like(scores, _NEG))
-        best = entry.reshape(g, -1).max(dim=1)
-        active = torch.isfinite(best.values)
+        # Entry: the open token and expert of largest score + chain value, the first (token, expert) among equals,
+        # as a max over the flattened [T * E] would pick; computed on the open tokens' rows alone.
+        gi, ti = torch.nonzero(open_token, as_tuple=True)  # sorted by (group, token)
+        n = gi.numel()
+        rows = scores[gi, ti] + value[gi]
+        rows.masked_fill_(held_mask(experts[gi, ti].unsqueeze(0), e).squeeze(0), _NEG)
+        row_best = rows.max(dim=1)
+        group_best = torch.full((g,), _NEG, dtype=rows.dtype, device=device)
+        group_best.scatter_reduce_(0, gi, row_best.values, "amax")
+        active = torch.isfinite(group_best)
         if not bool(active.any()):
             break
-        tok = best.indices // e
-        cur = best.indices % e
+        at_best = (row_best.values == group_best[gi]) & torch.isfinite(row_best.values)
+        first = torch.full((g,), n, dtype=torch.long, device=device)
+        first.scatter_reduce_(0, gi, torch.where(at_best, torch.arange(n, device=device), n), "amin")
+        first = first.clamp(max=n - 1)
+        # The chain's movers are chosen in the state before this step's moves, as the table of _push_graph was.
+        before, movable_before = experts.clone(), movable.clone()
+        tok = ti[first]
+        cur = row_best.indices[first]
         # The open token takes the entry expert in its first open slot.
         slot = torch.argmax(open_slot[groups, tok].long(), dim=1)
         experts[groups[active], tok[active], slot[active]] = cur[active]
@@ -125,7 +191,7 @@ def augment_open_slots(
         walking = active & ~room[groups, cur]
         while bool(walking.any()):
             nxt = succ[groups, cur]
-            u = who[groups, cur, nxt.clamp(min=0)]
+            u = _push_token(scores, before, movable_before, gain, cur, nxt.clamp(min=0))
             row = experts[groups, u]
             at = torch.argmax(((row == cur.unsqueeze(1)) & movable[groups, u]).long(), dim=1)
             wg = groups[walking]

@@ -128,26 +128,46 @@ def reroute_rounds(
     """
     g, t, r = experts.shape
     e = choice_scores.shape[2]
+    # Only tokens with a slot to fill ever change: work on their rows alone (usually a few percent of the tokens),
+    # so a round costs O(open rows x E) plus the O(G T R) queue, not a top-k over every [G, T, E] cell.
+    gi, ti = torch.nonzero((fill & (experts < 0)).any(dim=2), as_tuple=True)  # sorted by (group, token)
+    if gi.numel() == 0:
+        return experts, 0
+    sub_scores = choice_scores[gi, ti]  # [n, E]
+    sub_experts = experts[gi, ti]  # [n, R]
+    sub_fill = fill[gi, ti]
+    load = expert_load(experts, e)
     neg = torch.tensor(-float("inf"), device=choice_scores.device, dtype=choice_scores.dtype)
+    n = gi.numel()
+    slot_ids = torch.arange(r, device=experts.device).unsqueeze(0)
     rounds = 0
     while max_rounds is None or rounds < max_rounds:
-        open_slots = fill & (experts < 0)
+        open_slots = sub_fill & (sub_experts < 0)
         if not bool(open_slots.any()):
             break
-        load = expert_load(experts, e)
-        held = torch.zeros(g, t, e + 1, dtype=torch.bool, device=experts.device)
-        held.scatter_(2, torch.where(experts < 0, torch.full_like(experts, e), experts), True)
-        eligible = (load < capacity).unsqueeze(1) & ~held[..., :e]
-        cand = torch.topk(torch.where(eligible, choice_scores, neg), r, dim=-1)
+        held = torch.zeros(n, e + 1, dtype=torch.bool, device=experts.device)
+        held.scatter_(1, torch.where(sub_experts < 0, torch.full_like(sub_experts, e), sub_experts), True)
+        eligible = (load[gi] < capacity) & ~held[:, :e]
+        cand = torch.topk(torch.where(eligible, sub_scores, neg), r, dim=-1)
         # The j-th open slot of a token takes that token's j-th best candidate.
-        which = (torch.cumsum(open_slots.long(), dim=2) - 1).clamp(min=0)
-        prop = torch.gather(cand.indices, 2, which)
-        ok = open_slots & torch.isfinite(torch.gather(cand.values, 2, which))
+        which = (torch.cumsum(open_slots.long(), dim=1) - 1).clamp(min=0)
+        prop = torch.gather(cand.indices, 1, which)
+        ok = open_slots & torch.isfinite(torch.gather(cand.values, 1, which))
         if not bool(ok.any()):
             break
         proposals = torch.where(ok, prop, torch.full_like(prop, -1))
-        flat = proposals.transpose(1, 2).reshape(g, -1)
-        keep = keep_within_capacity(flat, capacity, e, used=load).reshape(g, r, t).transpose(1, 2)
-        experts = torch.where(keep, proposals, experts)
+        # The queue is rank-major in token order within each group, like GShard's: order the n x R proposals by
+        # (group, slot, token) and fold the group into the expert id, so one queue over them alone gives every
+        # group's queues (no [G, R*T] proposal table, no sort of it).
+        order = torch.argsort(((gi.unsqueeze(1) * r + slot_ids) * t + ti.unsqueeze(1)).reshape(-1))
+        ids = torch.where(proposals >= 0, gi.unsqueeze(1) * e + proposals, -1).reshape(-1)[order]
+        kept = keep_within_capacity(ids.unsqueeze(0), capacity, g * e, used=load.reshape(1, -1)).squeeze(0)
+        keep = torch.empty_like(kept).scatter_(0, order, kept).view(n, r)
+        sub_experts = torch.where(keep, proposals, sub_experts)
+        load = load.index_put(
+            (gi.unsqueeze(1).expand(n, r)[keep], proposals[keep]), torch.ones_like(proposals[keep]), accumulate=True
+        )
         rounds += 1
+    experts = experts.clone()
+    experts[gi, ti] = sub_experts
     return experts, rounds

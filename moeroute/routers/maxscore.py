@@ -14,7 +14,7 @@ so no slot is left empty that the residual network could fill.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 
@@ -68,7 +68,9 @@ class MaxScoreOptions:
 # ---------------------------------------------------------------- stage 1
 
 
-def greedy_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]:
+def greedy_top1(
+    scores: torch.Tensor, capacity: int, top1: Optional[torch.Tensor] = None
+) -> tuple[torch.Tensor, int]:
     """Capacity-aware top-1 in token order: token ``t`` takes its best expert that still has room after tokens
     ``0..t-1`` chose (ties: lowest expert id). Returns long ``[G, T]`` (``-1`` when every expert is full) and the
     number of rounds.
@@ -78,19 +80,17 @@ def greedy_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]
     ``C``-th place). Assume the unknown experts never fill and simulate every token at once: the simulation is
     right up to the first time any unknown expert really fills, so the earliest simulated fill is a true one. Fix
     it, repeat; each round fixes one expert, at most ``min(E, T // C)`` fill, so at most that many rounds plus one.
+    ``top1`` (optional, long ``[G, T]``): ``torch.argmax(scores, 2)``, when the caller has it already.
     """
     g, t, e = scores.shape
     device = scores.device
     token = torch.arange(t, device=device)
     full_at = torch.full((g, e), t, dtype=torch.long, device=device)  # t = not known to fill
-    neg = torch.full_like(scores, _NEG)
+    groups = torch.arange(g, device=device)
+    choice = _open_argmax(scores) if top1 is None else top1.clone()
     rounds = 0
     while True:
         rounds += 1
-        open_to = token.view(1, t, 1) <= full_at.unsqueeze(1)
-        masked = torch.where(open_to, scores, neg)
-        choice = torch.argmax(masked, dim=2)
-        choice = torch.where(torch.isfinite(torch.gather(masked, 2, choice.unsqueeze(2)).squeeze(2)), choice, -1)
         fills = (choice >= 0) & (queue_positions(choice, e) == capacity - 1)
         fills &= torch.gather(full_at == t, 1, choice.clamp(min=0))
         when = torch.full((g, e + 1), t, dtype=torch.long, device=device)
@@ -99,8 +99,20 @@ def greedy_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]
         new = first.values < t
         if not bool(new.any()):
             return choice, rounds
-        hit = torch.nn.functional.one_hot(first.indices, e).bool() & new.unsqueeze(1)
-        full_at = torch.where(hit, first.values.unsqueeze(1), full_at)
+        full_at[groups[new], first.indices[new]] = first.values[new]
+        # Closing expert f at time tau changes only the choice of the later tokens that chose f (removing any other
+        # expert from a row leaves its first maximum where it was): re-choose those rows alone.
+        redo = new.unsqueeze(1) & (choice == first.indices.unsqueeze(1)) & (token.unsqueeze(0) > first.values.unsqueeze(1))
+        gi, ti = torch.nonzero(redo, as_tuple=True)
+        choice[gi, ti] = _open_argmax(scores[gi, ti], ti.unsqueeze(1) <= full_at[gi])
+
+
+def _open_argmax(scores: torch.Tensor, open_to: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Each row's best open expert (first among equals), ``-1`` where none is open or finite: long ``[...]`` of
+    ``scores`` / ``open_to`` ``[..., E]`` (``None``: all open)."""
+    masked = scores if open_to is None else torch.where(open_to, scores, torch.full_like(scores, _NEG))
+    best = torch.max(masked, dim=-1)
+    return torch.where(torch.isfinite(best.values), best.indices, -1)
 
 
 def argmax_top1(scores: torch.Tensor, capacity: int) -> tuple[torch.Tensor, int]:
@@ -131,16 +143,32 @@ def residual_plan(
     ``[G, T, E]`` (``-inf`` where not allowed) and the iterations run.
     """
     g, t, e = scores.shape
+    r = experts.shape[2]
     room = (capacity - expert_load(experts, e)).clamp(min=0)
-    allowed = ~held_mask(experts, e) & (room > 0).unsqueeze(1) & (experts < 0).any(dim=2, keepdim=True)
+    # Which rows and columns have an allowed cell (open token, expert with room, not held), counted from the
+    # O(G T R) slots instead of an [G, T, E] mask: slots of a token hold distinct experts.
+    open_tok = (experts < 0).any(dim=2)  # [G, T]
+    has_room = room > 0  # [G, E]
+    slot_room = torch.gather(has_room, 1, experts.clamp(min=0).reshape(g, -1)).view(g, t, r) & (experts >= 0)
+    row_ok = open_tok & (has_room.sum(dim=1, keepdim=True) > slot_room.sum(dim=2))
+    holders = torch.zeros(g, e + 1, dtype=torch.long, device=scores.device)
+    held_by_open = torch.where((experts >= 0) & open_tok.unsqueeze(2), experts, e).reshape(g, -1)
+    holders.scatter_add_(1, held_by_open, torch.ones_like(held_by_open))
+    col_ok = has_room & (open_tok.sum(dim=1, keepdim=True) > holders[:, :e])
     # A row or column without any allowed cell gets marginal 0: a positive marginal there makes Sinkhorn NaN.
     want = (experts < 0).sum(dim=2) if joint else torch.ones_like(experts[:, :, 0])
-    rows = torch.where(allowed.any(dim=2), want, torch.zeros_like(want)).to(scores.dtype)
-    cols = torch.where(allowed.any(dim=1), room, torch.zeros_like(room)).to(scores.dtype)
+    rows = torch.where(row_ok, want, torch.zeros_like(want)).to(scores.dtype)
+    cols = torch.where(col_ok, room, torch.zeros_like(room)).to(scores.dtype)
     slack_row = (cols.sum(1) - rows.sum(1)).clamp(min=0)
     slack_col = (rows.sum(1) - cols.sum(1)).clamp(min=0)
-    kernel = torch.full((g, t + 1, e + 1), _NEG, dtype=scores.dtype, device=scores.device)
-    kernel[:, :t, :e] = torch.where(allowed, scores / eps, torch.full_like(scores, _NEG))
+    kernel = torch.empty((g, t + 1, e + 1), dtype=scores.dtype, device=scores.device)
+    core = kernel[:, :t, :e]
+    torch.div(scores, eps, out=core)
+    core.masked_fill_(~row_ok.unsqueeze(2), _NEG)
+    core.masked_fill_(~has_room.unsqueeze(1), _NEG)
+    held = torch.where(experts >= 0, experts, e)  # e: a scratch column, reset below
+    kernel[:, :t, :].scatter_(2, held, _NEG)
+    kernel[:, t, e] = _NEG
     kernel[:, :t, e] = torch.where(rows > 0, 0.0, _NEG)
     kernel[:, t, :e] = torch.where(cols > 0, 0.0, _NEG)
     row_m = torch.cat([rows, slack_row.unsqueeze(1)], dim=1)
@@ -151,8 +179,8 @@ def residual_plan(
         result = sinkhorn_capped_log(kernel, row_m, col_m, capped, max_iters=iters, tol=tol)
     else:
         result = sinkhorn_log(kernel, row_m, col_m, max_iters=iters, tol=tol)
-    log_plan = result.log_plan[:, :t, :e]
-    return torch.where(allowed, log_plan, torch.full_like(log_plan, _NEG)), result.iterations
+    # Not-allowed cells are -inf in the kernel, hence in the plan: the slice needs no mask.
+    return result.log_plan[:, :t, :e], result.iterations
 
 
 def stage2_sinkhorn(
@@ -215,6 +243,9 @@ def stage2_exact(scores: torch.Tensor, experts: torch.Tensor, capacity: int) -> 
 
 def rank_slots(scores: torch.Tensor, experts: torch.Tensor, stage1: torch.Tensor) -> torch.Tensor:
     """Order each token's slots: its stage-1 expert first (rank 1), then the rest by score, empty slots last."""
+    if experts.shape[2] == 2 and bool((stage1 >= 0).all()):
+        # Slot 0 holds the stage-1 expert (never moved), slot 1 the one other: already in order.
+        return experts
     mask = held_mask(experts, scores.shape[2])
     first = torch.nn.functional.one_hot(stage1.clamp(min=0), scores.shape[2]).bool() & (stage1 >= 0).unsqueeze(2)
     rank = torch.where(first, torch.full_like(scores, float("inf")), scores)
@@ -235,8 +266,9 @@ def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Routing:
     capacity = x.capacity if x.capacity is not None else t
     meta: dict = {"stage1": opts.stage1, "stage2": opts.stage2}
     if opts.stage1 == "greedy":
-        first, meta["stage1_rounds"] = greedy_top1(scores, capacity)
-        meta["stage1_diverted"] = int((first != torch.argmax(scores, dim=2)).sum())
+        top1 = _open_argmax(scores)
+        first, meta["stage1_rounds"] = greedy_top1(scores, capacity, top1)
+        meta["stage1_diverted"] = int((first != top1).sum())
     else:
         first, meta["stage1_overflow"] = argmax_top1(scores, capacity)
     experts = torch.full((g, t, k), EMPTY, dtype=torch.long, device=scores.device)

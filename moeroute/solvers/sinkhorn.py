@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -27,10 +28,12 @@ class SinkhornResult:
 _ABSORB_AT = 15.0
 """Absorb the scalings into the log potentials once one of them reaches ``exp(±15)``."""
 _CUTOFF = -50.0
-"""Kernel entries below ``exp(-50)`` (a plan mass below 2e-22) are set to 0 until the next absorption. Besides
+"""Kernel entries below ``exp(-50)`` (a plan mass below 2e-22) are set to 0 until the next absorption (and
+``exp(-50)`` is subtracted from the others, :func:`_cut_exp_`). Besides
 being negligible, they would otherwise turn into denormal floats, which made one small ``bmm`` 1000x slower on
-CPU. Between absorptions ``|log u|, |log v| <= 15``, so no product in the loop can leave the normal range and no
-cut entry can grow past ``exp(-20)`` before it is rebuilt from its logarithm."""
+CPU. Between absorptions ``|log u|, |log v| <= 15``, so no product in the loop can leave the normal range (but for
+the odd entry within float rounding of the cutoff) and no cut entry can grow past ``exp(-20)`` before it is rebuilt
+from its logarithm."""
 
 
 def _safe_log(x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +46,12 @@ def _minus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _ratio(marginal: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
-    """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left)."""
-    return torch.where(mass > 0, marginal / mass.clamp(min=torch.finfo(mass.dtype).tiny), torch.zeros_like(mass))
+    """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left).
+
+    One division and one ``nan_to_num`` (0/0 and m/0 -> 0): measured 9 us against 60-85 us for a ``where`` with a
+    clamped denominator at 32 x 513 and 16385, 1 thread. In the loop the mass is 0 or far above the smallest normal
+    float (kernel entries >= exp(_CUTOFF), scalings within exp(+-_ABSORB_AT)), so nothing else overflows."""
+    return torch.nan_to_num(marginal / mass, nan=0.0, posinf=0.0)
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -71,11 +78,14 @@ def sinkhorn_log(
     log_c = _safe_log(col_marginals)
     scale = float(row_marginals.max()) if row_marginals.numel() else 1.0
     # First iteration in the log domain: potentials f [G, T], g [G, E] put every row and column on its scale.
-    f = _minus(log_r, torch.logsumexp(log_kernel, dim=2))
-    g = _minus(log_c, torch.logsumexp(log_kernel + f.unsqueeze(2), dim=1))
-    kernel = _scaled_kernel(log_kernel, f, g)
+    f = _minus(log_r, _logsumexp(log_kernel, dim=2))
+    # Column step on the transposed copy: reductions along the contiguous dim are ~2x faster on CPU.
+    row_scaled_t = _plus_potentials(log_kernel, f, None).transpose(1, 2).contiguous()
+    g = _minus(log_c, _logsumexp(row_scaled_t, dim=2))
+    # The kernel from log_kernel + f (with f's non-finite entries as -inf, as _scaled_kernel does) plus g: one pass.
+    kernel_t = _cut_exp_(row_scaled_t.add_(torch.where(torch.isfinite(g), g, -float("inf")).unsqueeze(2)))
+    kernel = kernel_t.transpose(1, 2).contiguous()
     # Both products as row-vector x matrix: on CPU, [1, E] x [E, T] is ~8x faster than [T, E] x [E, 1].
-    kernel_t = kernel.transpose(1, 2).contiguous()
     u = torch.ones_like(row_marginals)
     v = torch.ones_like(col_marginals)
     error = _check(kernel_t, u, v, row_marginals)[0] if max_iters <= 1 or check_every == 1 else float("inf")
@@ -96,17 +106,43 @@ def sinkhorn_log(
                 v = torch.ones_like(v)
     f = f + _safe_log(u)
     g = g + _safe_log(v)
-    log_plan = log_kernel + f.unsqueeze(2) + g.unsqueeze(1)
-    return SinkhornResult(torch.nan_to_num(log_plan, nan=-float("inf"), neginf=-float("inf")), it, error)
+    return SinkhornResult(_plus_potentials(log_kernel, f, g), it, error)
 
 
 def _scaled_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``exp(log_kernel + f + g)`` ``[G, T, E]``, exactly 0 below ``exp(_CUTOFF)`` and on rows or columns whose
     potential is infinite (a zero marginal, or an infeasible row with no kernel at all)."""
-    ok = torch.isfinite(f).unsqueeze(2) & torch.isfinite(g).unsqueeze(1)
-    arg = log_kernel + _finite(f).unsqueeze(2) + _finite(g).unsqueeze(1)
-    keep = ok & (arg > _CUTOFF)
-    return torch.where(keep, torch.exp(torch.where(keep, arg, torch.zeros_like(arg))), torch.zeros_like(arg))
+    return _cut_exp_(_plus_potentials(log_kernel, f, g))
+
+
+def _cut_exp_(arg: torch.Tensor, cutoff: float = _CUTOFF) -> torch.Tensor:
+    """``exp(max(arg, cutoff)) - exp(cutoff)`` in place: ``exp(arg)`` less a constant far below float32 resolution
+    of any entry that matters (``exp(-50)`` = 2e-22), exactly 0 where ``arg <= cutoff`` (``-inf`` included), and
+    never a denormal float, whose ``exp`` runs ~10x slower on CPU. Three passes, no mask: measured 0.54 ms against
+    1.5 ms for a compare + ``masked_fill_`` at 32 x 513 x 17, 1 thread."""
+    return arg.clamp_(min=cutoff).exp_().sub_(math.exp(cutoff))
+
+
+def _logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.logsumexp(x, dim)`` for ``x`` finite or ``-inf``, dropping the terms below ``exp(-80)`` of the max
+    (and 2e-35 from each term), which cannot change a float32 sum whose largest term is 1 -- and the ``exp`` of
+    such terms would be a slow denormal."""
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    total = _cut_exp_(x - m, -80.0).sum(dim=dim)
+    return torch.log(total) + m.squeeze(dim)
+
+
+def _plus_potentials(log_kernel: torch.Tensor, f: torch.Tensor, g: Optional[torch.Tensor]) -> torch.Tensor:
+    """``log_kernel + f + g`` ``[G, T, E]`` (a new tensor), ``-inf`` on rows or columns whose potential is not
+    finite: mapping those potentials to ``-inf`` first keeps NaN (``-inf + inf``) out with two passes over the
+    kernel instead of a ``nan_to_num`` and masks."""
+    neg = -float("inf")
+    f = torch.where(torch.isfinite(f), f, neg)
+    out = log_kernel + f.unsqueeze(2)
+    if g is None:  # g = 0
+        return out
+    return out.add_(torch.where(torch.isfinite(g), g, neg).unsqueeze(1))
 
 
 def _check(kernel_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
@@ -114,8 +150,12 @@ def _check(kernel_t: torch.Tensor, u: torch.Tensor, v: torch.Tensor, rows: torch
     ``|log|`` of a positive scaling, in one device sync."""
     mass = u * torch.bmm(v.unsqueeze(1), kernel_t).squeeze(1)
     error = (mass - rows).abs().max()
-    logs = torch.cat([_finite(_safe_log(u)).abs().flatten(), _finite(_safe_log(v)).abs().flatten()])
-    error, spread = torch.stack([error, logs.max()]).tolist()
+    # max |log x| over positive x = max(log max x, -log min positive x): four reductions, no [G, T] logs.
+    inf = torch.tensor(float("inf"), dtype=u.dtype, device=u.device)
+    big = torch.stack([u.max(), v.max()]).max()
+    small = torch.stack([torch.where(u > 0, u, inf).min(), torch.where(v > 0, v, inf).min()]).min()
+    error, big, small = torch.stack([error, big, small]).tolist()
+    spread = max(math.log(big) if big > 0 else 0.0, -math.log(small) if 0 < small < math.inf else 0.0)
     return error, spread
 
 
