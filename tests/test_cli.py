@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from moeroute.harness.cli import main
+from moeroute.routers import registry
 from moeroute.harness.metrics import TABLE_KEYS
 
 
@@ -114,7 +115,9 @@ def test_flat_logits_not_divisible_by_group_size(tmp_path, capsys):
     assert code == 2 and "not divisible" in err
 
 
-def test_plugin_file_registers_a_router(tmp_path, capsys):
+def test_plugin_file_registers_a_router(tmp_path, capsys, monkeypatch):
+    # Register into a copy of the registry, so the plugin's router does not leak into later tests.
+    monkeypatch.setattr(registry, "_ROUTERS", dict(registry._ROUTERS))
     plugin = tmp_path / "my_router.py"
     plugin.write_text(
         "import torch\n"
@@ -129,3 +132,4 @@ def test_plugin_file_registers_a_router(tmp_path, capsys):
                        "--experts", "4", "--router", "first_k", "--format", "json", "--cf", "none")
     assert code == 0
     assert json.loads(out)[0]["router"] == "first_k"
+    assert "first_k" in registry.router_names()
