@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 
 from moeroute.errors import MoeRouteError
-from moeroute.problem import make_input
+from moeroute.problem import RouterInput, make_input
 from moeroute.routers import bind_router
 from moeroute.routing import Routing
 from moeroute.weights.schedule import SoftTopkSchedule
@@ -18,12 +18,15 @@ from moeroute.weights.schedule import SoftTopkSchedule
 class RouterOutput(NamedTuple):
     """``experts`` long ``[..., k]`` (``-1`` = dropped slot, slot 0 = rank 1); ``weights`` ``[..., k]`` combine
     weights (zero on dropped slots, differentiable w.r.t. the gate); ``routing`` the grouped :class:`Routing`
-    (``routing.combine_weights()`` gives the dense ``[G, T, E]`` form); ``logits`` ``[..., E]`` the gate output."""
+    (``routing.combine_weights()`` gives the dense ``[G, T, E]`` form); ``logits`` ``[..., E]`` the gate output;
+    ``inputs`` the grouped router input (logits and live softmax scores ``[G, T, E]``, capacity), so callers need
+    not validate and softmax the logits a second time."""
 
     experts: torch.Tensor
     weights: torch.Tensor
     routing: Routing
     logits: torch.Tensor
+    inputs: RouterInput
 
 
 class MaxScoreRouter(torch.nn.Module):
@@ -98,7 +101,7 @@ class MaxScoreRouter(torch.nn.Module):
         width = routing.experts.shape[-1]
         experts = routing.experts.reshape(*lead, width)
         weights = routing.weights.reshape(*lead, width).to(hidden.dtype)
-        return RouterOutput(experts, weights, routing, logits)
+        return RouterOutput(experts, weights, routing, logits, x)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, capacity_factor={self.capacity_factor}, router={self.bound.spec!r}"

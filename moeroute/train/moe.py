@@ -10,7 +10,7 @@ token.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeroute.nn import MaxScoreRouter
-from moeroute.problem import RouterInput, make_input
+from moeroute.problem import RouterInput
 from moeroute.routing import Routing
 from moeroute.weights.schedule import SoftTopkSchedule
 
@@ -105,7 +105,7 @@ class MoELayer(nn.Module):
         out = self.router(x)
         y = dispatch_experts(x.reshape(g * t, d), out.experts.reshape(g * t, -1), out.weights.reshape(g * t, -1),
                              self.w1, self.w2)
-        logits = out.logits.float()
-        with torch.no_grad():
-            inputs = make_input(logits.detach(), self.k, self.capacity_factor)
-        return y.reshape(g, t, d), MoEStats(inputs, out.routing, balance_loss(logits.softmax(dim=-1), self.aux_loss_coef))
+        # The router already grouped the logits per sequence and took their softmax: reuse both.
+        live = out.inputs
+        stats_input = replace(live, logits=live.logits.detach(), scores=live.scores.detach())
+        return y.reshape(g, t, d), MoEStats(stats_input, out.routing, balance_loss(live.scores, self.aux_loss_coef))
