@@ -6,7 +6,7 @@
 
 import sys
 
-from moeroute.harness.cli import main
+from moeroute.experiments.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,31 +1,50 @@
 """moeroute: a benchmark and ablation suite for Mixture-of-Experts token-to-expert routing, built around Maximum
-Score Routing (MaxScore, Dong et al., ACL Findings 2025)."""
+Score Routing (MaxScore, Dong et al., ACL Findings 2025).
 
-from moeroute.errors import MoeRouteError, RoutingInvariantError
-from moeroute.problem import expert_capacity
-from moeroute.routers import bind_router, register_router, route, router_names
-from moeroute.routing import Routing
-from moeroute.harness.evaluate import evaluate
-from moeroute.harness.metrics import RoutingMetrics
-from moeroute.solvers import solve_optimum
-from moeroute.weights.schedule import SoftTopkSchedule
-from moeroute.nn import MaxScoreRouter, RouterOutput
+The public names below are imported on first use (PEP 562), so ``import moeroute`` is cheap and never loads the
+exact solvers' libraries (OR-tools, networkx), scipy, pandas or matplotlib.
+"""
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-__all__ = [
-    "MaxScoreRouter",
-    "MoeRouteError",
-    "Routing",
-    "RoutingInvariantError",
-    "RouterOutput",
-    "RoutingMetrics",
-    "SoftTopkSchedule",
-    "bind_router",
-    "evaluate",
-    "expert_capacity",
-    "register_router",
-    "route",
-    "router_names",
-    "solve_optimum",
-]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "MaxScoreRouter": "moeroute.nn",
+    "MoeRouteError": "moeroute.core.errors",
+    "RouterFailure": "moeroute.core.errors",
+    "RouterInput": "moeroute.core.problem",
+    "RouterOutput": "moeroute.nn",
+    "Routing": "moeroute.core.routing",
+    "RoutingInvariantError": "moeroute.core.errors",
+    "RoutingMetrics": "moeroute.core.metrics",
+    "Slots": "moeroute.core.routing",
+    "SoftTopkSchedule": "moeroute.weights.schedule",
+    "apply_capacity": "moeroute.routers",
+    "bind_router": "moeroute.routers",
+    "evaluate": "moeroute.evaluation",
+    "expert_capacity": "moeroute.core.problem",
+    "register_router": "moeroute.routers",
+    "route": "moeroute.routers",
+    "router_names": "moeroute.routers",
+    "solve_optimum": "moeroute.solvers",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from moeroute.core.version import package_version
+
+        return package_version()
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'moeroute' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -2,6 +2,6 @@
 
 import sys
 
-from moeroute.harness.cli import main
+from moeroute.experiments.cli import main
 
 sys.exit(main())

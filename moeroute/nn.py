@@ -8,10 +8,10 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput, make_input
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput, make_input
 from moeroute.routers import bind_router
-from moeroute.routing import Routing
+from moeroute.core.routing import Routing
 from moeroute.weights.schedule import SoftTopkSchedule
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 # Tests run many tiny ops; one thread avoids thread start-up costs and contention on 2-core CI machines.
@@ -12,3 +13,13 @@ def seeded_logits(groups: int, tokens: int, experts: int, seed: int = 0, skew: f
     gen = torch.Generator().manual_seed(seed)
     bias = torch.randn(experts, generator=gen) * skew
     return torch.randn(groups, tokens, experts, generator=gen) + bias
+
+
+@pytest.fixture
+def scratch_routers():
+    """The router registry, restored after the test: routers a test registers do not leak into later tests."""
+    from moeroute.routers import ROUTERS
+
+    saved = ROUTERS.snapshot()
+    yield ROUTERS
+    ROUTERS.restore(saved)

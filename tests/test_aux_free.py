@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import seeded_logits
-from loop_reference import aux_free_loop, gshard_loop
+from reference.loops import aux_free_loop, gshard_loop
 from moeroute import MoeRouteError, evaluate, route
-from moeroute.problem import make_input
+from moeroute.core.problem import make_input
 
 
 def two_groups():

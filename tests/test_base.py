@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import seeded_logits
-from loop_reference import auction_loop
+from reference.loops import auction_loop
 from moeroute import MoeRouteError, route
-from moeroute.problem import make_input
-from moeroute.routers.base import balanced_auction, balanced_exact, balanced_lsa
+from moeroute.core.problem import make_input
+from moeroute.routers.base import balanced_auction, balanced_exact
+from reference.assignment import balanced_lsa
 from moeroute.solvers import solve_optimum
 
 
@@ -38,8 +39,9 @@ def test_golden(solver):
     logits = probs([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
     r = route(logits, f"base:solver={solver},eps=0.001", k=1)
     assert r.experts[0, :, 0].tolist() == [0, 0, 1, 1]
-    # Without a capacity factor the routing still reports (and respects) T/E.
-    assert route(logits, "base", k=1, capacity_factor=None).capacity == 2
+    # Without a capacity factor the problem has no capacity, and BASE still gives every expert exactly T/E.
+    free = route(logits, "base", k=1, capacity_factor=None)
+    assert free.capacity is None and free.load().tolist() == [[2, 2]]
 
 
 @pytest.mark.parametrize("solver", ["exact", "auction"])

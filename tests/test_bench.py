@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from moeroute.harness import bench
-from moeroute.harness.cli import main
+from moeroute.experiments import bench
+from moeroute.experiments.cli import main
 
 
 def test_bench_prints_solver_and_router_tables(capsys):

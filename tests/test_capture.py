@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.cli import main
-from moeroute.harness.logits_io import read_tensors
-from moeroute.harness.workloads import captured_logits
+from moeroute.core.errors import MoeRouteError
+from moeroute.experiments.cli import main
+from moeroute.workloads.files import read_tensors
+from moeroute.workloads import captured_logits
 
 pytest.importorskip("transformers")
 
@@ -51,7 +51,7 @@ def test_mixtral_capture_matches_output_router_logits(tmp_path, text):
     assert not torch.equal(layers["layer0"], layers["layer1"])
 
     # the hooks see exactly what the model reports with output_router_logits=True (same seed -> same weights)
-    from moeroute.harness.capture import load_model, tokenize
+    from moeroute.capture.hf import load_model, tokenize
 
     net, tok = load_model(str(cfg), seed=0)
     ids = tokenize(TEXT, tok, 256)[:200]
@@ -74,7 +74,7 @@ def test_other_moe_families(tmp_path, text, name):
 
 
 def test_model_directory_with_saved_weights(tmp_path, text):
-    from moeroute.harness.capture import load_model
+    from moeroute.capture.hf import load_model
 
     net, _ = load_model(str(config_file(tmp_path, "mixtral")), seed=3)
     net.save_pretrained(tmp_path / "model")
@@ -106,7 +106,7 @@ def test_capture_errors(tmp_path, text, capsys):
 
 
 def test_without_transformers_the_error_says_how_to_install(monkeypatch):
-    from moeroute.harness import capture
+    from moeroute.capture import hf as capture
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` raise ImportError
     with pytest.raises(MoeRouteError, match=r"pip install 'moeroute\[capture\]'"):

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from moeroute.harness.cli import main
+from moeroute.experiments.cli import main
 from moeroute.routers import registry
-from moeroute.harness.metrics import TABLE_KEYS
+from moeroute.core.metrics import TABLE_KEYS
 
 
 def run(capsys, *argv):
@@ -115,21 +115,17 @@ def test_flat_logits_not_divisible_by_group_size(tmp_path, capsys):
     assert code == 2 and "not divisible" in err
 
 
-def test_plugin_file_registers_a_router(tmp_path, capsys, monkeypatch):
-    # Register into a copy of the registry, so the plugin's router does not leak into later tests.
-    monkeypatch.setattr(registry, "_ROUTERS", dict(registry._ROUTERS))
+def test_plugin_file_registers_a_router(tmp_path, capsys, scratch_routers):
     plugin = tmp_path / "my_router.py"
     plugin.write_text(
         "import torch\n"
         "from moeroute.routers import register_router, NoOptions\n"
-        "from moeroute.routing import Routing\n"
-        "@register_router('first_k', NoOptions, 'experts 0..k-1 for everyone', 'a test')\n"
+        "@register_router('first_k', NoOptions, 'experts 0..k-1 for everyone', 'a test', capacity='ignored')\n"
         "def first_k(x, opts):\n"
-        "    ex = torch.arange(x.k).expand(x.groups, x.tokens, x.k).clone()\n"
-        "    return Routing(ex, None, x.experts, x.k, None, max_per_token=x.k)\n"
+        "    return torch.arange(x.k).expand(x.groups, x.tokens, x.k).clone()\n"
     )
     code, out, _ = run(capsys, "--plugin", str(plugin), "eval", "--synthetic", "gauss", "--tokens", "8",
-                       "--experts", "4", "--router", "first_k", "--format", "json", "--cf", "none")
+                       "--experts", "4", "--router", "first_k", "--format", "json", "--cf", "1")
     assert code == 0
     assert json.loads(out)[0]["router"] == "first_k"
     assert "first_k" in registry.router_names()

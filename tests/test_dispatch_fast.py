@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moeroute.dispatch import _queue_positions_torch, queue_positions
+from moeroute.routers._capacity import _queue_positions_torch, queue_positions
 
 
 def loop_positions(proposals: torch.Tensor, num_experts: int, priority=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import moeroute.solvers as solvers
-from moeroute.problem import expert_capacity
+from moeroute.core.problem import expert_capacity
 from moeroute.solvers import solve_optimum
 from moeroute.solvers.expert_ssp import solve_expert_ssp
 from moeroute.solvers.flow_network import max_flow_value

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import seeded_logits
-from loop_reference import global_greedy_loop
+from reference.loops import global_greedy_loop
 from moeroute import route
-from moeroute.problem import make_input
+from moeroute.core.problem import make_input
 from moeroute.routers.global_greedy import greedy_assignment
 from moeroute.solvers import solve_optimum
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.logits_io import load_logits, read_tensors
-from moeroute.harness.workloads import captured_logits, captured_tokens, check_workload
+from moeroute.core.errors import MoeRouteError
+from moeroute.workloads.files import load_logits, read_tensors
+from moeroute.workloads import captured_logits, captured_tokens, check_workload
 
 
 def test_round_trip_each_format(tmp_path):

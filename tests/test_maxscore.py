@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from conftest import seeded_logits
 from moeroute import evaluate, route
-from moeroute.augment import _push_graph, augment_open_slots, held_mask
-from moeroute.errors import MoeRouteError
-from moeroute.harness.metrics import routing_metrics
-from moeroute.harness.workloads import synthetic_logits
-from moeroute.problem import make_input
+from moeroute.routers._repair import _push_graph, augment_open_slots, held_mask
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.metrics import routing_metrics
+from moeroute.workloads import synthetic_logits
+from moeroute.core.problem import make_input
 from moeroute.routers import bind_router
 from moeroute.routers.maxscore import argmax_top1, greedy_top1
 from moeroute.solvers import solve_optimum

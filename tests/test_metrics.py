@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from moeroute import Routing, evaluate, route
-from moeroute.harness.metrics import routing_metrics
-from moeroute.problem import make_input
+from moeroute.core.metrics import routing_metrics
+from moeroute.core.problem import make_input
 
 GOLDEN = torch.tensor([[3.0, 2.0, 0.0], [3.0, 0.0, 2.0], [4.0, 2.0, 0.0], [2.0, 3.0, 0.0]])
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moeroute import MaxScoreRouter, SoftTopkSchedule
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
 
 
 def make(**kw) -> MaxScoreRouter:

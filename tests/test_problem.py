@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moeroute import MoeRouteError, expert_capacity, route
-from moeroute.problem import as_groups, make_input
+from moeroute.core.problem import as_groups, make_input
 
 
 @pytest.mark.parametrize(

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.cli import main
-from moeroute.harness.report import build_report
-from moeroute.harness.report.data import load_results, main_settings, summary_table
-from moeroute.harness.sweep import run_sweep
-from moeroute.harness.sweep_config import load_config
+from moeroute.core.errors import MoeRouteError
+from moeroute.experiments.cli import main
+from moeroute.experiments.report import build_report
+from moeroute.experiments.report.data import load_results, main_settings, summary_table
+from moeroute.experiments.sweep.run import run_sweep
+from moeroute.experiments.sweep.config import load_config
 
 CONFIG = """
     name = "tiny"

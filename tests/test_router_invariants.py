@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moeroute import MoeRouteError, router_names
-from moeroute.harness.evaluate import optima
-from moeroute.harness.metrics import routing_metrics
-from moeroute.problem import RouterInput, make_input
+from moeroute.evaluation import optima
+from moeroute.core.metrics import routing_metrics
+from moeroute.core.problem import RouterInput, make_input
 from moeroute.routers import bind_router
 
 PRECONDITIONS: dict[str, Callable[[RouterInput], bool]] = {

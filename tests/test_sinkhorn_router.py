@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import seeded_logits
-from loop_reference import gshard_loop, sinkhorn_loop
+from reference.loops import gshard_loop, sinkhorn_loop
 from moeroute import MoeRouteError, evaluate, route
-from moeroute.dispatch import expert_load
-from moeroute.problem import make_input
+from moeroute.routers._capacity import expert_load
+from moeroute.core.problem import make_input
 from moeroute.routers.sinkhorn import SinkhornOptions, balanced_plan
 
 

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.cli import main
-from moeroute.harness.results_store import ResultStore, read_rows
-from moeroute.harness.sweep import COLUMNS, resolve_device, run_sweep
-from moeroute.harness.sweep_config import load_config
-from moeroute.plugins import load_plugin_file
+from moeroute.core.errors import MoeRouteError
+from moeroute.experiments.cli import main
+from moeroute.experiments.sweep.store import ResultStore, read_rows
+from moeroute.experiments.sweep.run import COLUMNS, resolve_device, run_sweep
+from moeroute.experiments.sweep.config import load_config
+from moeroute.core.plugins import load_plugin_file
 from moeroute.routers import router_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ PLUGIN = textwrap.dedent(
     '''
     """Test routers: a slow one (so a sweep can be killed mid-way) and one that refuses every input."""
     import time
-    from moeroute.errors import MoeRouteError
+    from moeroute.core.errors import MoeRouteError
     from moeroute.routers.gshard import GShardOptions, gshard
     from moeroute.routers.registry import NoOptions, register_router
 

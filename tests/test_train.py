@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.cli import main
-from moeroute.harness.logits_io import load_logits
+from moeroute.core.errors import MoeRouteError
+from moeroute.experiments.cli import main
+from moeroute.workloads.files import load_logits
 from moeroute.routers import router_names
 from moeroute.train.ablation import capture_run
 from moeroute.train.checkpoint import load_checkpoint

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import seeded_logits
 from moeroute import SoftTopkSchedule, route
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
 from moeroute.weights import CommonOptions, combine_weights, weight_ops
 from moeroute.weights.sparse import entmax15, sparsemax
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.workloads import (
+from moeroute.core.errors import MoeRouteError
+from moeroute.workloads import (
     captured_logits,
     check_workload,
     parse_captured,
@@ -129,7 +129,7 @@ def test_captured_path_without_key_and_grouped_file(tmp_path):
 
 
 def test_workloads_command_lists_every_family(capsys):
-    from moeroute.harness.cli import main
+    from moeroute.experiments.cli import main
 
     assert main(["workloads", "--plain"]) == 0
     out = capsys.readouterr().out

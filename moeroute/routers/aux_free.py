@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from moeroute.dispatch import expert_load
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
-from moeroute.routers.gshard import capacity_top_k
+from moeroute.routers._capacity import expert_load
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
+from moeroute.routers._capacity import apply_capacity
 from moeroute.routers.registry import register_router
-from moeroute.routing import Routing
+from moeroute.core.routing import Slots
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ def biased_top_k(scores: torch.Tensor, k: int, rate: float) -> tuple[torch.Tenso
     "top-k of scores + a per-expert bias (selection only) updated between groups by rate*sign(mean-load), then capacity",
     "DeepSeek-V3 auxiliary-loss-free load balancing (Wang et al. 2024; DeepSeek-AI 2024)",
 )
-def aux_free(x: RouterInput, opts: AuxFreeOptions) -> Routing:
+def aux_free(x: RouterInput, opts: AuxFreeOptions) -> Slots:
     """Groups are routed in order, as a stream; ``meta['bias']`` ``[G, E]`` holds the bias each group saw and
     ``meta['final_bias']`` ``[E]`` the one a next group would get. Combine weights are the unbiased scores."""
     preferred, seen, final = biased_top_k(x.scores, x.k, opts.rate)
-    experts = capacity_top_k(x, preferred)
-    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=x.k, meta={"bias": seen, "final_bias": final})
+    experts = apply_capacity(x, preferred)
+    return Slots(experts, meta={"bias": seen, "final_bias": final})

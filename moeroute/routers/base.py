@@ -8,12 +8,11 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
 from moeroute.routers.registry import register_router
-from moeroute.routing import Routing
+from moeroute.core.routing import Slots
 from moeroute.solvers import solve_optimum
 
 
@@ -41,25 +40,13 @@ def balanced_exact(scores: torch.Tensor) -> torch.Tensor:
 
     With ``k = 1`` and ``C = T/E`` the MCMF optimum fills every slot, so it is the balanced assignment; OR-tools
     solves all groups in one network. Measured at G=8, T=512, E=16 on one (shared) core: 58-82 ms, against
-    200-710 ms for :func:`balanced_lsa` (``tests/test_base.py`` checks both reach the same optimum).
+    200-710 ms for scipy's ``linear_sum_assignment`` on the expert slots replicated ``T/E`` times (the reference in
+    ``tests/reference/assignment.py``; ``tests/test_base.py`` checks both reach the same optimum).
     """
     g, t, e = scores.shape
     solution = solve_optimum(scores, 1, t // e, "ortools", "mcmf")
     owner = np.argmax(solution.assignment, axis=2)
     return torch.from_numpy(owner).to(scores.device)
-
-
-def balanced_lsa(scores: torch.Tensor) -> torch.Tensor:
-    """The same optimum as :func:`balanced_exact` by scipy's ``linear_sum_assignment``: one ``[T, T]`` problem per
-    group, expert ``e`` owning columns ``e*T/E .. (e+1)*T/E - 1``."""
-    g, t, e = scores.shape
-    per = t // e
-    host = scores.detach().to("cpu", torch.float64).numpy()
-    out = np.empty((g, t), dtype=np.int64)
-    for i in range(g):  # one solver call per group: the solver is sequential
-        rows, cols = linear_sum_assignment(np.repeat(host[i], per, axis=1), maximize=True)
-        out[i, rows] = cols // per
-    return torch.from_numpy(out).to(scores.device)
 
 
 def balanced_auction(scores: torch.Tensor, eps: float, max_rounds: int) -> tuple[torch.Tensor, int, int]:
@@ -110,30 +97,32 @@ def balanced_auction(scores: torch.Tensor, eps: float, max_rounds: int) -> tuple
     return owner, rounds, placed
 
 
+def _base_refusal(x: RouterInput, opts: BaseOptions) -> Optional[str]:
+    """BASE's preconditions: ``k = 1``, ``E | T``, and no capacity below ``T/E``."""
+    if x.k != 1:
+        return f"routes one expert per token (k=1), got k={x.k}"
+    if x.tokens % x.experts != 0:
+        return f"gives every expert exactly T/E tokens: T={x.tokens} is not divisible by E={x.experts}"
+    if x.capacity is not None and x.capacity < x.tokens // x.experts:
+        return f"gives every expert T/E={x.tokens // x.experts} tokens but capacity is {x.capacity} (cf < 1)"
+    return None
+
+
 @register_router(
     "base",
     BaseOptions,
     "BASE layers: k=1, every expert takes exactly T/E tokens by an exact balanced assignment (or ε-auction)",
     "BASE layers (Lewis et al. 2021); fairseq balanced_assignment (auction); OR-tools min-cost flow",
+    requires=_base_refusal,
 )
-def base(x: RouterInput, opts: BaseOptions) -> Routing:
+def base(x: RouterInput, opts: BaseOptions) -> Slots:
     """Needs ``k = 1`` and ``E | T``; refuses a capacity below ``T/E`` (``cf < 1``) since every expert takes exactly
-    ``T/E`` tokens. Without a capacity factor the routing reports capacity ``T/E``. The assignment maximises the
-    softmax scores (so ``exact`` has zero gap to the MCMF optimum at ``cf = 1``); fairseq assigns on the raw
-    token-expert affinities."""
-    t, e = x.tokens, x.experts
-    if x.k != 1:
-        raise MoeRouteError(f"base routes one expert per token (k=1), got k={x.k}")
-    if t % e != 0:
-        raise MoeRouteError(f"base gives every expert exactly T/E tokens: T={t} is not divisible by E={e}")
-    per = t // e
-    if x.capacity is not None and x.capacity < per:
-        raise MoeRouteError(f"base gives every expert T/E={per} tokens but capacity is {x.capacity} (cf < 1)")
+    ``T/E`` tokens. The assignment maximises the softmax scores (so ``exact`` has zero gap to the MCMF optimum at
+    ``cf = 1``); fairseq assigns on the raw token-expert affinities."""
     meta: dict = {}
     if opts.solver == "exact":
         owner = balanced_exact(x.scores)
     else:
         owner, rounds, placed = balanced_auction(x.scores, opts.eps, opts.max_rounds)
         meta = {"auction_rounds": rounds, "auction_fallback": placed}
-    capacity: Optional[int] = x.capacity if x.capacity is not None else per
-    return Routing(owner.unsqueeze(2), None, e, 1, capacity, max_per_token=1, meta=meta)
+    return Slots(owner.unsqueeze(2), meta=meta)

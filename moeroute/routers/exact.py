@@ -8,9 +8,9 @@ from typing import Literal
 
 import torch
 
-from moeroute.problem import RouterInput
+from moeroute.core.problem import RouterInput
 from moeroute.routers.registry import register_router
-from moeroute.routing import Routing, slots_from_mask
+from moeroute.core.routing import Slots, slots_from_mask
 from moeroute.solvers import DEFAULT_SOLVER, solve_optimum
 
 
@@ -30,11 +30,8 @@ class ExactOptions:
     "the exact min-cost max-flow optimum of the routing network (ranks ordered by score)",
     "MaxScore (Dong et al. 2025) flow formulation; OR-tools SimpleMinCostFlow / SPFA / networkx",
 )
-def exact(x: RouterInput, opts: ExactOptions) -> Routing:
+def exact(x: RouterInput, opts: ExactOptions) -> Slots:
     solution = solve_optimum(x.scores, x.k, x.capacity, opts.solver, opts.objective)
     mask = torch.from_numpy(solution.assignment).to(x.scores.device)
     experts = slots_from_mask(mask, x.scores, x.k)
-    return Routing(
-        experts, None, x.experts, x.k, x.capacity, max_per_token=x.k,
-        meta={"objective": float(solution.objective.sum())},
-    )
+    return Slots(experts, meta={"objective": float(solution.objective.sum())})

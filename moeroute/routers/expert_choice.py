@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
 from moeroute.routers.registry import NoOptions, register_router
-from moeroute.routing import Routing, slots_from_mask
+from moeroute.core.routing import Slots, slots_from_mask
 
 
 def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -23,12 +23,12 @@ def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:
     NoOptions,
     "each expert takes its top-C tokens by score; tokens may get no expert or more than k (slots R >= k)",
     "Expert Choice routing (Zhou et al. 2022); flaxformer ExpertsChooseMaskedRouter",
+    experts_per_token="any",
+    requires=lambda x, opts: None if x.capacity is not None else "needs a capacity factor: each expert takes its top-C tokens",
 )
-def expert_choice(x: RouterInput, opts: NoOptions) -> Routing:
+def expert_choice(x: RouterInput, opts: NoOptions) -> Slots:
     """Slots are as wide as the most experts any token got (at least ``k``), ordered by score."""
-    if x.capacity is None:
-        raise MoeRouteError("expert_choice needs a capacity factor: each expert takes its top-C tokens")
     mask = expert_choice_mask(x.scores, x.capacity)
     slots = max(x.k, int(mask.sum(dim=2).max()))
     experts = slots_from_mask(mask, x.scores, slots)
-    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=None)
+    return Slots(experts)

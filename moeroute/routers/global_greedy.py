@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
-from moeroute.problem import RouterInput
+from moeroute.core.problem import RouterInput
 from moeroute.routers.registry import NoOptions, register_router
-from moeroute.routing import Routing, slots_from_mask
+from moeroute.core.routing import Slots, slots_from_mask
 
 
 def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -92,9 +92,9 @@ def greedy_assignment(scores: torch.Tensor, k: int, capacity: Optional[int]) -> 
     "global_greedy",
     NoOptions,
     "all (token, expert) pairs by descending score, each taken while token (k) and expert (C) have room",
-    "greedy b-matching (½-approximation); reference note §2, beyond the MaxScore paper",
+    "greedy b-matching (a ½-approximation), beyond the MaxScore paper",
 )
-def global_greedy(x: RouterInput, opts: NoOptions) -> Routing:
+def global_greedy(x: RouterInput, opts: NoOptions) -> Slots:
     mask, rounds = greedy_assignment(x.scores, x.k, x.capacity)
     experts = slots_from_mask(mask, x.scores, x.k)
-    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=x.k, meta={"rounds": rounds})
+    return Slots(experts, meta={"rounds": rounds})

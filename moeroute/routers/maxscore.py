@@ -18,13 +18,13 @@ from typing import Literal, Optional
 
 import torch
 
-from moeroute.augment import augment_open_slots, held_mask
-from moeroute.dispatch import expert_load, keep_within_capacity, queue_positions, reroute_rounds
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
-from moeroute.routers.gshard import rank_major, token_major
+from moeroute.routers._repair import augment_open_slots, held_mask
+from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions, rank_major, token_major
+from moeroute.routers._reroute import reroute_rounds
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
 from moeroute.routers.registry import register_router
-from moeroute.routing import EMPTY, Routing, slots_from_mask
+from moeroute.core.routing import EMPTY, Slots, slots_from_mask
 from moeroute.solvers import solve_residual
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
 
@@ -259,7 +259,7 @@ def rank_slots(scores: torch.Tensor, experts: torch.Tensor, stage1: torch.Tensor
     "(stage2=sinkhorn|exact|iterative), every feasible slot filled",
     "MaxScore (Dong et al. 2025, arXiv 2508.12801) and its released code",
 )
-def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Routing:
+def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Slots:
     scores = x.scores.detach()
     g, t, e = scores.shape
     k = x.k
@@ -285,4 +285,4 @@ def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Routing:
     if opts.repair:
         experts, meta["repaired_slots"] = augment_open_slots(scores, experts, capacity, fill, fill & (experts >= 0))
     experts = rank_slots(scores, experts, first)
-    return Routing(experts, None, e, k, x.capacity, max_per_token=k, meta=meta)
+    return Slots(experts, meta=meta)

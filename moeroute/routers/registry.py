@@ -1,17 +1,34 @@
-"""The router registry: a router is a function registered under a name with a dataclass of options."""
+"""The router registry and the routing contract.
+
+A router is a function ``fn(x: RouterInput, opts) -> Slots`` (or a bare long tensor of slots) registered under a
+name with a dataclass of options. It returns *what it chose*; the framework builds the :class:`Routing` from the
+problem (``k``, the capacity ``C`` computed from the capacity factor, ``E``) and checks it against the problem,
+never against numbers the router reports about itself. What a router deliberately does differently is declared
+when it registers:
+
+- ``capacity="ignored"``: it routes without capacity (dropless); its routing is checked without ``C``.
+- ``experts_per_token="any"``: a token may get more than ``k`` experts (Expert Choice); slots may be wider.
+- ``requires``: a precondition on the input (BASE needs ``k = 1``), refused with one line before any work.
+
+The invariant tests read these declarations instead of keeping a list of exceptions by hand.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Optional, Union
 
-from moeroute.errors import MoeRouteError
-from moeroute.options import build_options, format_spec, parse_spec
-from moeroute.problem import RouterInput, make_input
-from moeroute.routing import Routing
+import torch
+
+from moeroute.core.errors import MoeRouteError, RouterFailure, RoutingInvariantError
+from moeroute.core.options import build_options, format_spec, parse_spec, resolved_options
+from moeroute.core.problem import RouterInput, make_input
+from moeroute.core.registry import Registry
+from moeroute.core.routing import Routing, Slots
 from moeroute.weights import COMMON_KEYS, CommonOptions, combine_weights
 
-RouterFn = Callable[[RouterInput, Any], Routing]
+RouterFn = Callable[[RouterInput, Any], Union[Slots, torch.Tensor]]
+Requirement = Callable[[RouterInput, Any], Optional[str]]
 
 
 @dataclass(frozen=True)
@@ -21,56 +38,125 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class RouterEntry:
+    """A registered router: its function, options dataclass, text for listings, and its declared contract."""
+
     name: str
     fn: RouterFn
     options: type
     description: str
     source: str
+    capacity: Literal["enforced", "ignored"] = "enforced"
+    experts_per_token: Literal["k", "any"] = "k"
+    requires: Optional[Requirement] = None
+
+    def refusal(self, x: RouterInput, opts: Any) -> Optional[str]:
+        """Why this router cannot route ``x`` with ``opts`` (``None``: it can)."""
+        return self.requires(x, opts) if self.requires is not None else None
 
 
-_ROUTERS: dict[str, RouterEntry] = {}
+ROUTERS: Registry[RouterEntry] = Registry("router")
 
 
 def register_router(
-    name: str, options: type = NoOptions, description: str = "", source: str = ""
+    name: str,
+    options: type = NoOptions,
+    description: str = "",
+    source: str = "",
+    *,
+    capacity: Literal["enforced", "ignored"] = "enforced",
+    experts_per_token: Literal["k", "any"] = "k",
+    requires: Optional[Requirement] = None,
 ) -> Callable[[RouterFn], RouterFn]:
-    """Register ``fn(x: RouterInput, opts) -> Routing`` as router ``name``.
+    """Register ``fn(x: RouterInput, opts) -> Slots`` as router ``name`` (see the module docstring).
 
-    ``fn`` fills ``Routing.experts`` (ranked slots, ``-1`` for a drop); combine weights are computed afterwards by
-    the weight operator the spec names, so routers never duplicate that logic.
+    ``fn`` returns ranked slots ``[G, T, R]`` (``-1`` for an empty slot; ``R = k`` unless
+    ``experts_per_token="any"``), optionally with combine weights and ``meta``. Combine weights are otherwise
+    computed afterwards by the weight operator the spec names, so routers never duplicate that logic.
     """
+    if capacity not in ("enforced", "ignored"):
+        raise MoeRouteError(f"router {name!r}: capacity must be 'enforced' or 'ignored', got {capacity!r}")
+    if experts_per_token not in ("k", "any"):
+        raise MoeRouteError(f"router {name!r}: experts_per_token must be 'k' or 'any', got {experts_per_token!r}")
 
     def wrap(fn: RouterFn) -> RouterFn:
-        if name in _ROUTERS and _ROUTERS[name].fn is not fn:
-            raise MoeRouteError(f"router {name!r} is registered twice")
-        _ROUTERS[name] = RouterEntry(name, fn, options, description.strip(), source.strip())
+        entry = RouterEntry(name, fn, options, description.strip(), source.strip(), capacity, experts_per_token, requires)
+        ROUTERS.add(name, entry, same=lambda old: old.fn is fn)
         return fn
 
     return wrap
 
 
 def router_names() -> list[str]:
-    return sorted(_ROUTERS)
+    return ROUTERS.names()
 
 
 def router_entry(name: str) -> RouterEntry:
-    if name not in _ROUTERS:
-        raise MoeRouteError(f"unknown router {name!r} (known: {', '.join(router_names())})")
-    return _ROUTERS[name]
+    return ROUTERS.get(name)
 
 
 @dataclass(frozen=True)
 class BoundRouter:
-    """A parsed spec, ready to call on validated input; build once, call many times (latency loops)."""
+    """A parsed spec, ready to call on validated input; build once, call many times (latency loops).
+
+    ``spec`` is the spec as canonicalised from what was written; ``resolved`` names every option with its
+    value, defaults filled in (``maxscore`` and ``maxscore:eps=0.01`` resolve to the same string), and is what
+    identifies a configuration in stored results.
+    """
 
     spec: str
     entry: RouterEntry
     options: Any
     common: CommonOptions
+    resolved: str = field(default="")
 
-    def __call__(self, x: RouterInput) -> Routing:
-        routing = self.entry.fn(x, self.options)
-        routing.router = self.spec
+    def __call__(self, x: RouterInput, check: bool = True) -> Routing:
+        """Route ``x``: the router's slots turned into a :class:`Routing` built and (``check=True``) checked by the
+        framework. A router that raises anything but a :class:`MoeRouteError` is reported as a
+        :class:`RouterFailure` naming it (one line), with the original exception chained."""
+        reason = self.entry.refusal(x, self.options)
+        if reason:
+            raise MoeRouteError(f"{self.entry.name}: {reason}")
+        try:
+            out = self.entry.fn(x, self.options)
+        except (MoeRouteError, RoutingInvariantError):
+            raise
+        except Exception as exc:  # a router's own bug or a plugin's ValueError: one line, never a traceback
+            first = (str(exc).splitlines() or [""])[0][:200]
+            raise RouterFailure(f"router {self.spec!r} failed: {type(exc).__name__}: {first}") from exc
+        routing = self.build(x, out)
+        if check:
+            routing.check()
+        return routing
+
+    def build(self, x: RouterInput, out: Union[Slots, torch.Tensor]) -> Routing:
+        """The :class:`Routing` of slots ``out`` on problem ``x``, with the capacity and ``k`` of the problem."""
+        if isinstance(out, torch.Tensor):
+            out = Slots(out)
+        if not isinstance(out, Slots):
+            raise RoutingInvariantError(
+                f"{self.spec}: a router must return Slots or a long [G, T, R] tensor, got {type(out).__name__}"
+            )
+        experts = out.experts
+        if not isinstance(experts, torch.Tensor) or experts.dim() != 3 or experts.dtype != torch.long:
+            got = f"{experts.dtype} {tuple(experts.shape)}" if isinstance(experts, torch.Tensor) else type(experts).__name__
+            raise RoutingInvariantError(f"{self.spec}: slots must be a long [G, T, R] tensor, got {got}")
+        if tuple(experts.shape[:2]) != (x.groups, x.tokens):
+            raise RoutingInvariantError(
+                f"{self.spec}: slots {tuple(experts.shape)} do not match the problem's G={x.groups}, T={x.tokens}"
+            )
+        wide = self.entry.experts_per_token == "any"
+        if not wide and experts.shape[2] != x.k:
+            raise RoutingInvariantError(f"{self.spec}: slots have R={experts.shape[2]}, the problem has k={x.k}")
+        routing = Routing(
+            experts=experts,
+            weights=out.weights,
+            num_experts=x.experts,
+            k=x.k,
+            capacity=x.capacity if self.entry.capacity == "enforced" else None,
+            router=self.spec,
+            max_per_token=None if wide else x.k,
+            meta=dict(out.meta),
+        )
         if routing.weights is None:
             routing.weights = combine_weights(x.scores, routing.experts, self.common)
         return routing
@@ -85,7 +171,13 @@ def bind_router(spec: str, **overrides: Any) -> BoundRouter:
     own_raw = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
     options = build_options(entry.options, own_raw, f"router {name!r}")
     common = build_options(CommonOptions, common_raw, f"router {name!r}")
-    return BoundRouter(format_spec(name, raw), entry, options, common)
+    resolved = format_spec(name, {**resolved_options(options), **resolved_options(common)})
+    return BoundRouter(format_spec(name, raw), entry, options, common, resolved)
+
+
+def resolve_spec(spec: str) -> str:
+    """``spec`` with every option of the router and of the combine weights named, defaults filled in."""
+    return bind_router(spec).resolved
 
 
 def route(
@@ -101,11 +193,13 @@ def route(
 
     Capacity is per group, ``C = ceil(capacity_factor * k * T / E)``; ``capacity_factor=None`` means none.
     Keyword ``options`` override those in the spec. The returned :class:`Routing` is always grouped
-    (``[G, T, R]``) and, with ``check=True``, has had its invariants verified.
+    (``[G, T, R]``) and, with ``check=True``, has been checked against the problem's capacity and ``k``.
     """
     bound = bind_router(router, **options)
     x = make_input(logits, k, capacity_factor, group_size)
-    routing = bound(x)
-    if check:
-        routing.check()
-    return routing
+    return bound(x, check=check)
+
+
+def with_common(bound: BoundRouter, **changes: Any) -> BoundRouter:
+    """``bound`` with some common options changed (e.g. the SoftTopk temperature of a training step)."""
+    return replace(bound, common=replace(bound.common, **changes))

@@ -8,12 +8,12 @@ from typing import Literal, Optional
 
 import torch
 
-from moeroute.dispatch import reroute_rounds
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
-from moeroute.routers.gshard import capacity_top_k
+from moeroute.routers._reroute import reroute_rounds
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
+from moeroute.routers._capacity import apply_capacity
 from moeroute.routers.registry import register_router
-from moeroute.routing import Routing
+from moeroute.core.routing import Slots
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class RerouteOptions:
     "GShard top-k with capacity, then dropped slots re-propose to their next-best expert with room, in rounds",
     "MaxScore (Dong et al. 2025) iterative-rerouting baseline; variant=second is the paper's own",
 )
-def reroute(x: RouterInput, opts: RerouteOptions) -> Routing:
+def reroute(x: RouterInput, opts: RerouteOptions) -> Slots:
     """Rerouted slots keep the rank of the choice they replace (slot ``r`` stays the token's ``r``-th slot)."""
     preferred = torch.topk(x.scores, x.k, dim=-1).indices
-    experts = capacity_top_k(x, preferred)
+    experts = apply_capacity(x, preferred)
     rounds = 0
     if x.capacity is not None:
         fill = torch.ones_like(experts, dtype=torch.bool)
@@ -49,4 +49,4 @@ def reroute(x: RouterInput, opts: RerouteOptions) -> Routing:
             fill[:, :, 0] = False
             max_rounds = x.experts - 1 if max_rounds is None else min(max_rounds, x.experts - 1)
         experts, rounds = reroute_rounds(x.scores, experts, x.capacity, fill, max_rounds)
-    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=x.k, meta={"rounds": rounds})
+    return Slots(experts, meta={"rounds": rounds})

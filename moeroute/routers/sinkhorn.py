@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.problem import RouterInput
-from moeroute.routers.gshard import capacity_top_k
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.problem import RouterInput
+from moeroute.routers._capacity import apply_capacity
 from moeroute.routers.registry import register_router
-from moeroute.routing import Routing
+from moeroute.core.routing import Slots
 from moeroute.solvers.sinkhorn import SinkhornResult, sinkhorn_log
 
 
@@ -55,9 +55,9 @@ def balanced_plan(logits: torch.Tensor, opts: SinkhornOptions) -> SinkhornResult
     "S-BASE: Sinkhorn-balance exp(L/eps) to uniform marginals, top-k of the plan, then GShard capacity",
     "S-BASE (Clark et al. 2022, Unified Scaling Laws for Routed LMs); Megatron-Core sinkhorn router",
 )
-def sinkhorn(x: RouterInput, opts: SinkhornOptions) -> Routing:
+def sinkhorn(x: RouterInput, opts: SinkhornOptions) -> Slots:
     result = balanced_plan(x.logits, opts)
     preferred = torch.topk(result.log_plan, x.k, dim=-1).indices
-    experts = capacity_top_k(x, preferred)
+    experts = apply_capacity(x, preferred)
     meta = {"sinkhorn_iterations": result.iterations, "sinkhorn_error": result.error}
-    return Routing(experts, None, x.experts, x.k, x.capacity, max_per_token=x.k, meta=meta)
+    return Slots(experts, meta=meta)

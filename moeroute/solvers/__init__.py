@@ -7,12 +7,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.registry import Registry
 from moeroute.solvers.flow_network import SCALE, FlowSolution, Objective, max_flow_value
-from moeroute.solvers.networkx_flow import solve_max_flow_min_cost, solve_network_simplex
-from moeroute.solvers.expert_ssp import solve_expert_ssp
-from moeroute.solvers.ortools_flow import solve_ortools, solve_ortools_transport
-from moeroute.solvers.spfa import solve_spfa
 
 Solver = Callable[[np.ndarray, int, Optional[int], Objective], FlowSolution]
 
@@ -30,17 +27,17 @@ def solve_auto(scores: np.ndarray, k: int, capacity: Optional[int], objective: O
     OR-tools."""
     _, t, e = scores.shape
     large = t * e >= AUTO_MIN_PAIRS and t >= AUTO_MIN_TOKENS_PER_EXPERT * e
-    return (solve_expert_ssp if large else solve_ortools)(scores, k, capacity, objective)
+    return SOLVERS.get("expert_ssp" if large else "ortools")(scores, k, capacity, objective)
 
 
-SOLVERS: dict[str, Solver] = {
-    "auto": solve_auto,
-    "ortools": solve_ortools,
-    "expert_ssp": solve_expert_ssp,
-    "spfa": solve_spfa,
-    "network_simplex": solve_network_simplex,
-    "max_flow_min_cost": solve_max_flow_min_cost,
-}
+SOLVERS: Registry[Solver] = Registry("exact solver")
+"""Exact solvers by name, imported on first use: OR-tools and networkx load only when a solver needs them."""
+SOLVERS.add("auto", solve_auto)
+SOLVERS.add("ortools", "moeroute.solvers.ortools_flow:solve_ortools")
+SOLVERS.add("expert_ssp", "moeroute.solvers.expert_ssp:solve_expert_ssp")
+SOLVERS.add("spfa", "moeroute.solvers.spfa:solve_spfa")
+SOLVERS.add("network_simplex", "moeroute.solvers.networkx_flow:solve_network_simplex")
+SOLVERS.add("max_flow_min_cost", "moeroute.solvers.networkx_flow:solve_max_flow_min_cost")
 DEFAULT_SOLVER = "auto"
 
 
@@ -52,8 +49,7 @@ def solve_optimum(
     objective: Objective = "mcmf",
 ) -> FlowSolution:
     """The exact optimum of the routing flow problem for scores ``[G, T, E]`` (or ``[T, E]``, one group)."""
-    if solver not in SOLVERS:
-        raise MoeRouteError(f"unknown exact solver {solver!r} (known: {', '.join(SOLVERS)})")
+    fn = SOLVERS.get(solver)
     if objective not in ("mcmf", "maxweight"):
         raise MoeRouteError(f"unknown objective {objective!r} (mcmf or maxweight)")
     if isinstance(scores, torch.Tensor):
@@ -61,7 +57,7 @@ def solve_optimum(
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim == 2:
         scores = scores[None]
-    return SOLVERS[solver](scores, k, capacity, objective)
+    return fn(scores, k, capacity, objective)
 
 
 def solve_residual(
@@ -80,6 +76,8 @@ def solve_residual(
         if isinstance(a, torch.Tensor):
             a = a.detach().cpu().numpy()
         return np.asarray(a, dtype=dtype)
+
+    from moeroute.solvers.ortools_flow import solve_ortools_transport
 
     s = host(scores, np.float64)
     return solve_ortools_transport(s, host(demand, np.int64), host(room, np.int64), host(allowed, bool), objective)

@@ -10,10 +10,12 @@ the MCMF optimum). Solvers work on integer costs ``-round(S * SCALE)``; objectiv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
-import networkx as nx
 import numpy as np
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Objective = Literal["mcmf", "maxweight"]
 SCALE = 1_000_000
@@ -73,13 +75,15 @@ def finish(assignment: np.ndarray, scores: np.ndarray, solver: str, costs: Optio
 SOURCE, SINK = "s", "t"
 
 
-def build_graph(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> nx.DiGraph:
+def build_graph(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> "nx.DiGraph":
     """The networkx flow network of one group (``scores`` ``[T, E]``).
 
     Nodes: ``"s"``, ``"t"``, ``("tok", i)``, ``("exp", e)``. Edge attributes ``capacity`` and integer ``weight``.
     For ``maxweight`` a zero-cost bypass ``s -> t`` lets flow skip the network; node demands are set so that
     network simplex can solve either problem directly.
     """
+    import networkx as nx  # only the networkx solvers build this graph
+
     t_count, e_count = scores.shape
     costs = integer_costs(scores)
     cap = effective_capacity(capacity, t_count)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
 from moeroute.train.config import RunConfig, run_config_from_dict
 
 

@@ -1,7 +1,7 @@
 """The training ablation's configuration: a TOML file of tables ``[model]``, ``[data]``, ``[train]``, ``[output]``,
 ``[capture]``, a list ``[[arm]]`` and optional ``[profile.NAME.<table>]`` overrides (``--quick`` = ``quick``).
 
-Every table is parsed into a frozen dataclass with :func:`moeroute.options.build_options`, so an unknown key or a
+Every table is parsed into a frozen dataclass with :func:`moeroute.core.options.build_options`, so an unknown key or a
 value of the wrong type is refused with one line that names the table and the file.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from moeroute.errors import MoeRouteError
-from moeroute.options import build_options
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.options import build_options
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
 from moeroute.train.config import DataConfig
 
 

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.harness.metrics import routing_metrics
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.metrics import routing_metrics
 from moeroute.train.checkpoint import load_checkpoint, save_checkpoint
 from moeroute.train.config import RunConfig
 from moeroute.train.data import Corpus, train_batch, val_batches
@@ -26,7 +26,7 @@ LOG_COLUMNS = (
 )
 """Columns of a run's ``log.csv``: one row per optimizer step; ``val_loss`` only on evaluation steps. Losses are
 mean next-byte cross-entropy in nats; routing numbers are this step's training batch, averaged over MoE layers
-(:func:`moeroute.harness.metrics.routing_metrics`); ``temperature`` is SoftTopk's ``t`` (empty for other weight
+(:func:`moeroute.core.metrics.routing_metrics`); ``temperature`` is SoftTopk's ``t`` (empty for other weight
 operators)."""
 
 _ROUTING_KEYS = ("slot_drop_rate", "second_choice_drop_rate", "mean_load_ratio", "max_load_ratio",

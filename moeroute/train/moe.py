@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from moeroute.nn import MaxScoreRouter
-from moeroute.problem import RouterInput
-from moeroute.routing import Routing
+from moeroute.core.problem import RouterInput
+from moeroute.core.routing import Routing
 from moeroute.weights.schedule import SoftTopkSchedule
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
-from moeroute.options import parse_spec
+from moeroute.core.options import parse_spec
 from moeroute.train.config import AblationConfig, Arm
 
 # The MaxScore paper's ablation (Table: average accuracy; higher is better), best first.

@@ -11,11 +11,12 @@ from typing import Callable, Optional
 
 import torch
 
-from moeroute.errors import MoeRouteError
-from moeroute.routing import EMPTY
+from moeroute.core.errors import MoeRouteError
+from moeroute.core.registry import Registry
+from moeroute.core.routing import EMPTY
 
 WeightOp = Callable[[torch.Tensor, torch.Tensor, "CommonOptions"], torch.Tensor]
-_OPS: dict[str, WeightOp] = {}
+WEIGHT_OPS: Registry[WeightOp] = Registry("weight operator")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,7 @@ class CommonOptions:
     temperature: Optional[float] = None
 
     def validate(self) -> None:
-        if self.weights not in _OPS:
-            raise MoeRouteError(f"unknown weight operator {self.weights!r} (known: {', '.join(sorted(_OPS))})")
+        WEIGHT_OPS.get(self.weights)  # refuses an unknown operator, naming the known ones
         if self.temperature is not None and not self.temperature > 0:
             raise MoeRouteError(f"temperature must be > 0, got {self.temperature}")
 
@@ -43,14 +43,14 @@ COMMON_KEYS = frozenset(CommonOptions.__dataclass_fields__)
 
 def register_weight_op(name: str) -> Callable[[WeightOp], WeightOp]:
     def wrap(fn: WeightOp) -> WeightOp:
-        _OPS[name] = fn
+        WEIGHT_OPS.add(name, fn, same=lambda old: old is fn)
         return fn
 
     return wrap
 
 
 def weight_ops() -> list[str]:
-    return sorted(_OPS)
+    return WEIGHT_OPS.names()
 
 
 def gather_scores(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def gather_scores(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
 
 def combine_weights(scores: torch.Tensor, experts: torch.Tensor, options: CommonOptions) -> torch.Tensor:
     """Apply the operator named in ``options`` and the optional renormalisation: ``[G, T, R]``."""
-    w = _OPS[options.weights](scores, experts, options)
+    w = WEIGHT_OPS.get(options.weights)(scores, experts, options)
     if options.renormalize:
         total = w.sum(dim=-1, keepdim=True)
         w = torch.where(total > 0, w / total.clamp(min=torch.finfo(w.dtype).tiny), w)
@@ -75,7 +75,7 @@ def softmax_weights(scores: torch.Tensor, experts: torch.Tensor, options: Common
 
 
 def _load_operators() -> None:
-    from moeroute.plugins import import_submodules
+    from moeroute.core.plugins import import_submodules
 
     import_submodules(__name__)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from moeroute.errors import MoeRouteError
+from moeroute.core.errors import MoeRouteError
 
 
 @dataclass

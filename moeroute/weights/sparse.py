@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from moeroute.routing import EMPTY
+from moeroute.core.routing import EMPTY
 from moeroute.weights import CommonOptions, register_weight_op
 
 _NEG = -float("inf")

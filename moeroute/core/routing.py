@@ -1,0 +1,129 @@
+"""`Routing`: which experts each token got, in which rank, and with which combine weight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+
+from moeroute.core.errors import RoutingInvariantError
+
+EMPTY = -1
+"""Expert id of an empty (dropped or unused) slot."""
+
+
+@dataclass
+class Slots:
+    """What a router returns: ``experts`` long ``[G, T, R]`` (expert of each token's rank-``r`` slot, ``-1`` when
+    empty), optional combine ``weights`` ``[G, T, R]`` (``None``: the spec's weight operator computes them), and
+    ``meta`` (diagnostics such as iterations or rounds; numbers and strings reach result tables). The framework turns
+    it into a :class:`Routing` with the problem's own ``k`` and capacity."""
+
+    experts: torch.Tensor
+    weights: Optional[torch.Tensor] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Routing:
+    """A routing of ``G`` groups of ``T`` tokens to ``E`` experts, built by the framework from a router's
+    :class:`Slots` and the problem (routers never construct it themselves).
+
+    ``experts[g, t, r]`` is the expert of token ``t``'s rank-``r`` slot (``r = 0`` the first choice) or ``-1`` when
+    that slot was dropped. ``R`` is usually ``k``; routers where a token may get more than ``k`` experts (Expert
+    Choice) use a wider ``R`` and set ``max_per_token=None``. ``weights`` ``[G, T, R]`` are the combine weights,
+    zero on empty slots.
+    """
+
+    experts: torch.Tensor
+    weights: Optional[torch.Tensor]
+    num_experts: int
+    k: int
+    capacity: Optional[int]
+    router: str = ""
+    max_per_token: Optional[int] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def groups(self) -> int:
+        return self.experts.shape[0]
+
+    @property
+    def tokens(self) -> int:
+        return self.experts.shape[1]
+
+    @property
+    def slots(self) -> int:
+        return self.experts.shape[2]
+
+    def indices(self) -> torch.Tensor:
+        """Expert ids ``[G, T, R]`` (long), ``-1`` for a dropped slot."""
+        return self.experts
+
+    def assigned(self) -> torch.Tensor:
+        """Bool ``[G, T, R]``: which slots hold an expert."""
+        return self.experts >= 0
+
+    def dispatch_mask(self) -> torch.Tensor:
+        """Bool ``[G, T, E]``: ``True`` where token ``t`` is sent to expert ``e``."""
+        g, t, _ = self.experts.shape
+        counts = torch.zeros(g, t, self.num_experts + 1, dtype=torch.int32, device=self.experts.device)
+        # Empty slots go to a spare column E that is cut off, so no masking pass is needed.
+        idx = torch.where(self.assigned(), self.experts, torch.full_like(self.experts, self.num_experts))
+        counts.scatter_add_(2, idx, torch.ones_like(idx, dtype=torch.int32))
+        return counts[..., : self.num_experts] > 0
+
+    def combine_weights(self) -> torch.Tensor:
+        """Float ``[G, T, E]``: each token's combine weight per expert (zero where not dispatched)."""
+        if self.weights is None:
+            raise ValueError("this routing carries no combine weights")
+        g, t, _ = self.experts.shape
+        out = torch.zeros(g, t, self.num_experts + 1, dtype=self.weights.dtype, device=self.experts.device)
+        idx = torch.where(self.assigned(), self.experts, torch.full_like(self.experts, self.num_experts))
+        out.scatter_add_(2, idx, torch.where(self.assigned(), self.weights, torch.zeros_like(self.weights)))
+        return out[..., : self.num_experts]
+
+    def load(self) -> torch.Tensor:
+        """Long ``[G, E]``: tokens each expert received in each group."""
+        return self.dispatch_mask().sum(dim=1)
+
+    def experts_per_token(self) -> torch.Tensor:
+        """Long ``[G, T]``: how many experts each token got."""
+        return self.assigned().sum(dim=2)
+
+    def with_weights(self, weights: torch.Tensor) -> "Routing":
+        return replace(self, weights=weights)
+
+    def check(self) -> None:
+        """Raise :class:`RoutingInvariantError` unless ids are in range, no token holds an expert twice, no token
+        exceeds ``max_per_token`` and no expert exceeds ``capacity``."""
+        ex = self.experts
+        if ex.dim() != 3 or ex.dtype != torch.long:
+            raise RoutingInvariantError(f"{self.router}: experts must be a long [G, T, R] tensor, got {ex.dtype} {tuple(ex.shape)}")
+        if bool(((ex < EMPTY) | (ex >= self.num_experts)).any()):
+            raise RoutingInvariantError(f"{self.router}: expert id out of range [-1, {self.num_experts})")
+        per_token = self.experts_per_token()
+        distinct = self.dispatch_mask().sum(dim=2)
+        if bool((distinct != per_token).any()):
+            raise RoutingInvariantError(f"{self.router}: a token was given the same expert twice")
+        if self.max_per_token is not None and bool((per_token > self.max_per_token).any()):
+            raise RoutingInvariantError(f"{self.router}: a token got more than {self.max_per_token} experts")
+        if self.capacity is not None:
+            worst = int(self.load().max())
+            if worst > self.capacity:
+                raise RoutingInvariantError(f"{self.router}: an expert took {worst} tokens, capacity is {self.capacity}")
+        if self.weights is not None and self.weights.shape != ex.shape:
+            raise RoutingInvariantError(f"{self.router}: weights shape {tuple(self.weights.shape)} != {tuple(ex.shape)}")
+
+
+def slots_from_mask(mask: torch.Tensor, rank_scores: torch.Tensor, slots: int) -> torch.Tensor:
+    """Turn a dispatch mask ``[G, T, E]`` into rank slots ``[G, T, slots]``, best ``rank_scores`` first.
+
+    Used by routers whose solver returns a set of experts per token (exact flow, Expert Choice) rather than a
+    ranked list. ``slots`` must be at least the largest number of experts any token holds.
+    """
+    masked = torch.where(mask, rank_scores, torch.full_like(rank_scores, -float("inf")))
+    top = torch.topk(masked, slots, dim=-1)
+    keep = torch.gather(mask, 2, top.indices)
+    return torch.where(keep, top.indices, torch.full_like(top.indices, EMPTY))

@@ -1,1 +1,0 @@
-"""The harness: workloads, metrics, evaluation, sweeps, tables, plots and the CLI."""

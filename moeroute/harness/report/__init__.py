@@ -1,5 +1,0 @@
-"""``moeroute report``: results CSVs into ``REPORT.md`` with summary tables, PNG figures and generated readings."""
-
-from moeroute.harness.report.build import build_report, markdown_table
-
-__all__ = ["build_report", "markdown_table"]
