@@ -6,10 +6,10 @@ from typing import Any, Optional, Sequence, Union
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import RoutingMetrics, objective_gap, routing_metrics
-from moeroute.core.timing import median_latency
 from moeroute.core.problem import RouterInput, make_input
-from moeroute.routers import bind_router
 from moeroute.core.routing import Routing
+from moeroute.core.timing import median_latency
+from moeroute.routers import bind_router
 from moeroute.solvers import DEFAULT_SOLVER, FlowSolution, solve_optimum
 
 RouterLike = Union[str, Routing]

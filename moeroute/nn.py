@@ -10,8 +10,8 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput, make_input
-from moeroute.routers import bind_router
 from moeroute.core.routing import Routing
+from moeroute.routers import bind_router
 from moeroute.weights.schedule import SoftTopkSchedule
 
 

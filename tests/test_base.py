@@ -7,13 +7,13 @@ import itertools
 
 import pytest
 import torch
-
 from conftest import seeded_logits
+from reference.assignment import balanced_lsa
 from reference.loops import auction_loop
+
 from moeroute import MoeRouteError, route
 from moeroute.core.problem import make_input
 from moeroute.routers.base import balanced_auction, balanced_exact
-from reference.assignment import balanced_lsa
 from moeroute.solvers import solve_optimum
 
 

@@ -11,8 +11,8 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.experiments.cli import main
-from moeroute.workloads.files import read_tensors
 from moeroute.workloads import captured_logits
+from moeroute.workloads.files import read_tensors
 
 pytest.importorskip("transformers")
 

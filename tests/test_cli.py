@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from moeroute.core.metrics import TABLE_KEYS
 from moeroute.experiments.cli import main
 from moeroute.routers import registry
-from moeroute.core.metrics import TABLE_KEYS
 
 
 def run(capsys, *argv):

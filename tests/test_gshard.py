@@ -2,12 +2,11 @@
 
 import math
 
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from reference.loops import gshard_loop
+
 from moeroute import route
 from moeroute.core.problem import make_input
 

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from moeroute.core.errors import MoeRouteError
-from moeroute.workloads.files import load_logits, read_tensors
 from moeroute.workloads import captured_logits, captured_tokens, check_workload
+from moeroute.workloads.files import load_logits, read_tensors
 
 
 def test_round_trip_each_format(tmp_path):

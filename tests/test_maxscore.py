@@ -8,21 +8,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import seeded_logits
 from moeroute import evaluate, route
-from moeroute.routers._repair import _push_graph, augment_open_slots, held_mask
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import routing_metrics
-from moeroute.workloads import synthetic_logits
 from moeroute.core.problem import make_input
 from moeroute.routers import bind_router
+from moeroute.routers._repair import _push_graph, augment_open_slots, held_mask
 from moeroute.routers.maxscore import argmax_top1, greedy_top1
 from moeroute.solvers import solve_optimum
 from moeroute.solvers.sinkhorn import _capped_potential, sinkhorn_capped_log, sinkhorn_log, sinkhorn_log_reference
 from moeroute.weights import gather_scores
+from moeroute.workloads import synthetic_logits
 
 STAGE2 = ("sinkhorn", "exact", "iterative")
 

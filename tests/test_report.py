@@ -12,8 +12,8 @@ from moeroute.core.errors import MoeRouteError
 from moeroute.experiments.cli import main
 from moeroute.experiments.report import build_report
 from moeroute.experiments.report.data import load_results, main_settings, summary_table
-from moeroute.experiments.sweep.run import run_sweep
 from moeroute.experiments.sweep.config import load_config
+from moeroute.experiments.sweep.run import run_sweep
 
 CONFIG = """
     name = "tiny"

@@ -14,7 +14,7 @@ A router that refuses a case must have its documented precondition in :data:`PRE
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moeroute import MoeRouteError, router_names
-from moeroute.evaluation import optima
 from moeroute.core.metrics import routing_metrics
 from moeroute.core.problem import RouterInput, make_input
+from moeroute.evaluation import optima
 from moeroute.routers import bind_router
 
 PRECONDITIONS: dict[str, Callable[[RouterInput], bool]] = {

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moeroute import Routing, RoutingInvariantError
-from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions
 from moeroute.core.routing import slots_from_mask
+from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions
 
 
 def make(experts, e=3, k=2, cap=2, per_token=2):

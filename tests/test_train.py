@@ -13,7 +13,6 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.experiments.cli import main
-from moeroute.workloads.files import load_logits
 from moeroute.routers import router_names
 from moeroute.train.ablation import capture_run
 from moeroute.train.checkpoint import load_checkpoint
@@ -22,6 +21,7 @@ from moeroute.train.data import Corpus, builtin_corpus, split_blocks, train_batc
 from moeroute.train.loop import LOG_COLUMNS, train_run
 from moeroute.train.moe import MoELayer, dispatch_experts
 from moeroute.weights import weight_ops
+from moeroute.workloads.files import load_logits
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from conftest import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import seeded_logits
 from moeroute import SoftTopkSchedule, route
 from moeroute.core.errors import MoeRouteError
 from moeroute.weights import CommonOptions, combine_weights, weight_ops

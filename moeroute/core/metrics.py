@@ -9,8 +9,7 @@ from typing import Any, Optional
 import torch
 
 from moeroute.core.problem import RouterInput
-from moeroute.core.routing import Routing
-from moeroute.weights import gather_scores
+from moeroute.core.routing import Routing, gather_scores
 
 TABLE_KEYS = (
     "router", "groups", "tokens", "experts", "k", "capacity", "slot_drop_rate", "token_drop_rate",

@@ -48,35 +48,40 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return coerce(value, args[0], where)
     if origin is Literal:
         choices = get_args(annotation)
-        text = str(value)
         for choice in choices:
-            if str(choice) == text:
+            if str(choice) == str(value):
                 return choice
         raise MoeRouteError(f"{where} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    convert = _SCALARS.get(annotation)
+    if convert is None:
+        return value
     try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError
-        if annotation is int:
-            if isinstance(value, bool):
-                raise ValueError
-            as_float = float(value)
-            if as_float != int(as_float):
-                raise ValueError
-            return int(as_float)
-        if annotation is float:
-            return float(value)
-        if annotation is str:
-            return str(value)
+        return convert(value)
     except (TypeError, ValueError):
         raise MoeRouteError(f"{where} must be {annotation.__name__}; got {value!r}") from None
-    return value
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(value)
+    as_float = float(value)
+    if as_float != int(as_float):
+        raise ValueError(value)
+    return int(as_float)
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: float, str: str}
 
 
 def build_options(cls: type, raw: dict[str, Any], owner: str) -> Any:

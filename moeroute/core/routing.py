@@ -117,6 +117,12 @@ class Routing:
             raise RoutingInvariantError(f"{self.router}: weights shape {tuple(self.weights.shape)} != {tuple(ex.shape)}")
 
 
+def gather_scores(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """``scores[g, t, experts[g, t, r]]`` ``[G, T, R]``, zero where the slot is empty."""
+    picked = torch.gather(scores, 2, experts.clamp(min=0))
+    return torch.where(experts == EMPTY, torch.zeros_like(picked), picked)
+
+
 def slots_from_mask(mask: torch.Tensor, rank_scores: torch.Tensor, slots: int) -> torch.Tensor:
     """Turn a dispatch mask ``[G, T, E]`` into rank slots ``[G, T, slots]``, best ``rank_scores`` first.
 

@@ -22,11 +22,11 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import objective_gap, routing_metrics
-from moeroute.workloads import synthetic_logits
 from moeroute.core.problem import RouterInput, make_input
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS, solve_optimum
 from moeroute.solvers.flow_network import effective_capacity, integer_costs
+from moeroute.workloads import synthetic_logits
 
 SLOW_SOLVERS = ("spfa", "network_simplex", "max_flow_min_cost")
 
@@ -143,9 +143,11 @@ def solver_rows(
             scores = x.scores.double().numpy()
             costs = integer_costs(scores)
             log(f"solvers: {workload} {size}")
-            fns: dict[str, Callable[[], Any]] = {"ortools direct": lambda: ortools_direct(costs, k, x.capacity)}
+            fns: dict[str, Callable[[], Any]] = {
+                "ortools direct": lambda costs=costs, cap=x.capacity: ortools_direct(costs, k, cap)
+            }
             for name in fast:
-                fns[name] = lambda name=name: solve_optimum(scores, k, x.capacity, name)
+                fns[name] = lambda name=name, scores=scores, cap=x.capacity: solve_optimum(scores, k, cap, name)
             timed = interleaved(fns, repeats, budget_s=budget_s)
             ref_cost = timed["ortools direct"][0]
             row = {"workload": workload, "size": str(size), "ortools direct": timed["ortools direct"][1]}
@@ -200,7 +202,7 @@ def router_rows(
             x = make_case(workload, size, k, cf)
             log(f"routers: {workload} {size}")
             optimum = float(solve_optimum(x.scores, k, x.capacity).objective.sum())
-            fns: dict[str, Callable[[], Any]] = {"torch.topk": lambda: torch.topk(x.scores, k, dim=-1)}
+            fns: dict[str, Callable[[], Any]] = {"torch.topk": lambda x=x: torch.topk(x.scores, k, dim=-1)}
             errors = {}
             for spec in ["gshard", *specs]:
                 try:
@@ -209,7 +211,7 @@ def router_rows(
                 except (MoeRouteError, ValueError, RuntimeError) as exc:
                     errors[spec] = str(exc)
                     continue
-                fns[spec] = lambda bound=bound: bound(x)
+                fns[spec] = lambda bound=bound, x=x: bound(x, check=False)
             timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s)
             topk_ms, gshard_ms = timed["torch.topk"][1], timed["gshard"][1]
             rows.append({"workload": workload, "size": str(size), "router": "torch.topk (no capacity)", "ms": topk_ms,

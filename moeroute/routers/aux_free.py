@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from moeroute.routers._capacity import expert_load
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.routers._capacity import apply_capacity
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import Slots
+from moeroute.routers._capacity import apply_capacity, expert_load
+from moeroute.routers.registry import register_router
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import Slots
+from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_optimum
 
 

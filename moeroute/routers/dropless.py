@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import NoOptions, register_router
 from moeroute.core.routing import Slots
+from moeroute.routers.registry import NoOptions, register_router
 
 
 @register_router(

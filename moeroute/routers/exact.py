@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import Slots, slots_from_mask
+from moeroute.routers.registry import register_router
 from moeroute.solvers import DEFAULT_SOLVER, solve_optimum
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import NoOptions, register_router
 from moeroute.core.routing import Slots, slots_from_mask
+from moeroute.routers.registry import NoOptions, register_router
 
 
 def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -8,8 +8,8 @@ from typing import Optional
 import torch
 
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import NoOptions, register_router
 from moeroute.core.routing import Slots, slots_from_mask
+from moeroute.routers.registry import NoOptions, register_router
 
 
 def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:

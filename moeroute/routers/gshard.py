@@ -7,10 +7,10 @@ from typing import Literal
 
 import torch
 
-from moeroute.routers._capacity import apply_capacity
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import Slots
+from moeroute.routers._capacity import apply_capacity
+from moeroute.routers.registry import register_router
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Literal, Optional
 
 import torch
 
-from moeroute.routers._repair import augment_open_slots, held_mask
-from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions, rank_major, token_major
-from moeroute.routers._reroute import reroute_rounds
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import EMPTY, Slots, slots_from_mask
+from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions, rank_major, token_major
+from moeroute.routers._repair import augment_open_slots, held_mask
+from moeroute.routers._reroute import reroute_rounds
+from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_residual
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
 

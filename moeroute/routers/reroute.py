@@ -8,12 +8,12 @@ from typing import Literal, Optional
 
 import torch
 
-from moeroute.routers._reroute import reroute_rounds
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.routers._capacity import apply_capacity
-from moeroute.routers.registry import register_router
 from moeroute.core.routing import Slots
+from moeroute.routers._capacity import apply_capacity
+from moeroute.routers._reroute import reroute_rounds
+from moeroute.routers.registry import register_router
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
+from moeroute.core.routing import Slots
 from moeroute.routers._capacity import apply_capacity
 from moeroute.routers.registry import register_router
-from moeroute.core.routing import Slots
 from moeroute.solvers.sinkhorn import SinkhornResult, sinkhorn_log
 
 

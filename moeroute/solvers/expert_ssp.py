@@ -37,7 +37,14 @@ from typing import Optional
 
 import numpy as np
 
-from moeroute.solvers.flow_network import FlowSolution, Objective, effective_capacity, finish, integer_costs, max_flow_value
+from moeroute.solvers.flow_network import (
+    FlowSolution,
+    Objective,
+    effective_capacity,
+    finish,
+    integer_costs,
+    max_flow_value,
+)
 
 STEPS_PER_NODE = 10
 PATIENCE_PER_NODE = 1

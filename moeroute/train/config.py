@@ -8,10 +8,11 @@ value of the wrong type is refused with one line that names the table and the fi
 from __future__ import annotations
 
 import copy
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Optional
+
+import tomllib
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import build_options

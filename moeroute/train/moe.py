@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moeroute.nn import MaxScoreRouter
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import Routing
+from moeroute.nn import MaxScoreRouter
 from moeroute.weights.schedule import SoftTopkSchedule
 
 

@@ -13,7 +13,7 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.registry import Registry
-from moeroute.core.routing import EMPTY
+from moeroute.core.routing import gather_scores
 
 WeightOp = Callable[[torch.Tensor, torch.Tensor, "CommonOptions"], torch.Tensor]
 WEIGHT_OPS: Registry[WeightOp] = Registry("weight operator")
@@ -51,12 +51,6 @@ def register_weight_op(name: str) -> Callable[[WeightOp], WeightOp]:
 
 def weight_ops() -> list[str]:
     return WEIGHT_OPS.names()
-
-
-def gather_scores(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """``scores[g, t, experts[g, t, r]]`` ``[G, T, R]``, zero where the slot is empty."""
-    picked = torch.gather(scores, 2, experts.clamp(min=0))
-    return torch.where(experts == EMPTY, torch.zeros_like(picked), picked)
 
 
 def combine_weights(scores: torch.Tensor, experts: torch.Tensor, options: CommonOptions) -> torch.Tensor:

@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from moeroute.core.errors import MoeRouteError
+from moeroute.core.options import build_options, parse_spec
 from moeroute.workloads import synthetic as _synthetic  # noqa: F401  (registers the families)
 from moeroute.workloads.captured import (
     captured_experts,
@@ -23,7 +24,6 @@ from moeroute.workloads.registry import (
     workload,
     workload_names,
 )
-from moeroute.core.options import build_options, parse_spec
 
 
 def check_workload(spec: str) -> None:

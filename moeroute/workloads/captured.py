@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 
 from moeroute.core.errors import MoeRouteError
-from moeroute.workloads.files import load_logits
 from moeroute.core.problem import as_groups
+from moeroute.workloads.files import load_logits
 
 PREFIX = "captured:"
 

@@ -9,8 +9,8 @@ from typing import Any, Callable
 import torch
 
 from moeroute.core.errors import MoeRouteError
-from moeroute.core.registry import Registry
 from moeroute.core.options import build_options, parse_spec
+from moeroute.core.registry import Registry
 
 Generator = Callable[[int, int, int, torch.Generator, Any], torch.Tensor]
 

@@ -12,11 +12,11 @@ from rich.console import Console
 from rich.table import Table
 
 from moeroute.core.errors import MoeRouteError
-from moeroute.evaluation import evaluate
-from moeroute.workloads.files import load_logits
 from moeroute.core.metrics import TABLE_KEYS
+from moeroute.evaluation import evaluate
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
 from moeroute.workloads import synthetic_logits, workload_names
+from moeroute.workloads.files import load_logits
 
 NAME = "eval"
 HELP = "evaluate routers on logits (a file, or a synthetic workload) against the exact optimum"

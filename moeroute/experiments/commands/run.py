@@ -6,8 +6,8 @@ import argparse
 
 from rich.console import Console
 
-from moeroute.experiments.sweep.run import run_sweep
 from moeroute.experiments.sweep.config import load_config
+from moeroute.experiments.sweep.run import run_sweep
 
 NAME = "run"
 HELP = "run a sweep config (routers x workloads x sizes x seeds); resumes where a previous run stopped"

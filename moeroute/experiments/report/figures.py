@@ -42,7 +42,7 @@ def _grid(n: int, width: float = 4.6, height: float = 3.4, cols: int = 4) -> tup
 
 
 def _legend(fig, axes) -> None:
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)

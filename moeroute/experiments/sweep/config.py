@@ -25,18 +25,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import tomllib
 import yaml
 
 from moeroute.core.errors import MoeRouteError
-from moeroute.workloads import captured_tokens, check_workload, is_captured, parse_captured
 from moeroute.core.options import parse_spec
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
+from moeroute.workloads import captured_tokens, check_workload, is_captured, parse_captured
 
 GRID_KEYS = ("name", "routers", "workloads", "tokens", "groups", "experts", "k", "cf", "seeds", "repeats", "solver")
 DEFAULTS: dict[str, Any] = {

@@ -16,15 +16,15 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from moeroute.core.version import package_version
 from moeroute.core.errors import MoeRouteError, RoutingInvariantError
-from moeroute.evaluation import measure, optima
 from moeroute.core.metrics import RoutingMetrics
-from moeroute.experiments.sweep.store import ResultStore
-from moeroute.experiments.sweep.config import Point, SweepConfig
-from moeroute.workloads import workload_logits
 from moeroute.core.options import parse_spec
 from moeroute.core.problem import make_input
+from moeroute.core.version import package_version
+from moeroute.evaluation import measure, optima
+from moeroute.experiments.sweep.config import Point, SweepConfig
+from moeroute.experiments.sweep.store import ResultStore
+from moeroute.workloads import workload_logits
 
 CONFIG_COLUMNS = ["key", "sweep", "grid", "router", "router_name", "workload", "groups", "tokens", "experts", "k",
                   "cf", "capacity", "seed", "repeats", "solver", "device"]
