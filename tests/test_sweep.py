@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
+from moeroute.core.device import resolve_device
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.plugins import load_plugin_file
 from moeroute.experiments.cli import main
 from moeroute.experiments.sweep.config import load_config
-from moeroute.experiments.sweep.run import COLUMNS, resolve_device, run_sweep
+from moeroute.experiments.sweep.run import COLUMNS, run_sweep
 from moeroute.experiments.sweep.store import ResultStore, read_rows
 from moeroute.routers import router_names
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -66,13 +66,19 @@ def as_groups(logits: Any, group_size: Optional[int] = None) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RouterInput:
-    """What a router receives: logits and softmax scores ``[G, T, E]``, ``k`` and the capacity ``C`` (or None)."""
+    """What a router receives: logits and softmax scores ``[G, T, E]``, ``k`` and the capacity ``C`` (or None).
+
+    ``state`` is what a router carries between calls (e.g. ``{"bias": [E]}`` of aux-loss-free balancing, expert
+    ``prices`` of a dual method), handed in explicitly by the caller: empty means a cold start. A router returns
+    the state a next call should get in :attr:`Slots.state`; routers stay pure functions of (input, options).
+    """
 
     logits: torch.Tensor
     scores: torch.Tensor
     k: int
     capacity: Optional[int]
     capacity_factor: Optional[float]
+    state: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def groups(self) -> int:
@@ -88,7 +94,11 @@ class RouterInput:
 
 
 def make_input(
-    logits: Any, k: int, capacity_factor: Optional[float], group_size: Optional[int] = None
+    logits: Any,
+    k: int,
+    capacity_factor: Optional[float],
+    group_size: Optional[int] = None,
+    state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> RouterInput:
     """Validate everything a router needs and compute the scores ``softmax(L)`` once."""
     x = as_groups(logits, group_size)
@@ -98,4 +108,7 @@ def make_input(
     if k > e:
         raise MoeRouteError(f"k={k} is larger than the number of experts E={e}")
     cap = expert_capacity(capacity_factor, int(k), x.shape[1], e)
-    return RouterInput(logits=x, scores=x.softmax(dim=-1), k=int(k), capacity=cap, capacity_factor=capacity_factor)
+    return RouterInput(
+        logits=x, scores=x.softmax(dim=-1), k=int(k), capacity=cap, capacity_factor=capacity_factor,
+        state=dict(state or {}),
+    )

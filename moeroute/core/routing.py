@@ -17,12 +17,14 @@ EMPTY = -1
 class Slots:
     """What a router returns: ``experts`` long ``[G, T, R]`` (expert of each token's rank-``r`` slot, ``-1`` when
     empty), optional combine ``weights`` ``[G, T, R]`` (``None``: the spec's weight operator computes them), and
-    ``meta`` (diagnostics such as iterations or rounds; numbers and strings reach result tables). The framework turns
-    it into a :class:`Routing` with the problem's own ``k`` and capacity."""
+    ``meta`` (diagnostics such as iterations or rounds; numbers and strings reach result tables), and ``state``:
+    what a next call should receive as :attr:`RouterInput.state` (e.g. the bias after the last group). The framework
+    turns it into a :class:`Routing` with the problem's own ``k`` and capacity."""
 
     experts: torch.Tensor
     weights: Optional[torch.Tensor] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Routing:
     router: str = ""
     max_per_token: Optional[int] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def groups(self) -> int:

@@ -23,6 +23,7 @@ import torch
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import objective_gap, routing_metrics
 from moeroute.core.problem import RouterInput, make_input
+from moeroute.core.timing import interleaved
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS, solve_optimum
 from moeroute.solvers.flow_network import effective_capacity, integer_costs
@@ -54,25 +55,6 @@ class Size:
     def __str__(self) -> str:
         body = f"{self.tokens}x{self.experts}"
         return body if self.groups == 1 else f"{self.groups}x{body}"
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, budget_s: float = 5.0) -> dict[str, tuple[Any, float, int]]:
-    """Time several callables round-robin (one call of each per round), so that load from other processes hits
-    all of them alike. Returns ``name -> (first result, median ms, timed calls)``; a callable stops being timed once
-    it has spent ``budget_s`` (after at least one timed call)."""
-    first = {name: fn() for name, fn in fns.items()}
-    for _ in range(max(0, warmup - 1)):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeats)):
-        for name, fn in fns.items():
-            if times[name] and sum(times[name]) > budget_s:
-                continue
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (first[name], float(np.median(times[name])) * 1e3, len(times[name])) for name in fns}
 
 
 def make_case(workload: str, size: Size, k: int, cf: Optional[float], seed: int = 0) -> RouterInput:

@@ -58,4 +58,4 @@ def aux_free(x: RouterInput, opts: AuxFreeOptions) -> Slots:
     ``meta['final_bias']`` ``[E]`` the one a next group would get. Combine weights are the unbiased scores."""
     preferred, seen, final = biased_top_k(x.scores, x.k, opts.rate)
     experts = apply_capacity(x, preferred)
-    return Slots(experts, meta={"bias": seen, "final_bias": final})
+    return Slots(experts, meta={"bias": seen, "final_bias": final}, state={"bias": final})

@@ -156,6 +156,7 @@ class BoundRouter:
             router=self.spec,
             max_per_token=None if wide else x.k,
             meta=dict(out.meta),
+            state=dict(out.state),
         )
         if routing.weights is None:
             routing.weights = combine_weights(x.scores, routing.experts, self.common)
@@ -187,16 +188,18 @@ def route(
     capacity_factor: Optional[float] = 1.0,
     group_size: Optional[int] = None,
     check: bool = True,
+    state: Optional[dict[str, torch.Tensor]] = None,
     **options: Any,
 ) -> Routing:
     """Route logits ``[N, E]`` or ``[G, T, E]`` with the router named by ``router`` (a spec string).
 
     Capacity is per group, ``C = ceil(capacity_factor * k * T / E)``; ``capacity_factor=None`` means none.
     Keyword ``options`` override those in the spec. The returned :class:`Routing` is always grouped
-    (``[G, T, R]``) and, with ``check=True``, has been checked against the problem's capacity and ``k``.
+    (``[G, T, R]``) and, with ``check=True``, has been checked against the problem's capacity and ``k``. ``state``
+    is what a stateful router carried from an earlier call (its ``Routing.state``); ``None`` is a cold start.
     """
     bound = bind_router(router, **options)
-    x = make_input(logits, k, capacity_factor, group_size)
+    x = make_input(logits, k, capacity_factor, group_size, state)
     return bound(x, check=check)
 
 

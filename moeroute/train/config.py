@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import tomllib
 
+from moeroute.core.device import DEVICE_HELP
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import build_options
 
@@ -99,7 +100,7 @@ class OptimConfig:
         if self.threads < 0:
             raise MoeRouteError(f"[train] threads must be >= 0 (0 = torch's default), got {self.threads}")
         if not (self.device in ("cpu", "auto", "mps") or self.device.split(":")[0] == "cuda"):
-            raise MoeRouteError(f"[train] device must be cpu, cuda, cuda:N, mps or auto; got {self.device!r}")
+            raise MoeRouteError(f"[train] device must be {DEVICE_HELP}; got {self.device!r}")
 
 
 @dataclass(frozen=True)

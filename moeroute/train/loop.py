@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 import torch
 
+from moeroute.core.device import resolve_device
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import routing_metrics
 from moeroute.train.checkpoint import load_checkpoint, save_checkpoint
@@ -103,12 +104,6 @@ def _read_log(path: Path, upto: int) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as f:
         return [row for row in csv.DictReader(f) if int(row["step"]) <= upto]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train_run(

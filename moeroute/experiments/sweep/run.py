@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from moeroute.core.device import device_name, resolve_device
 from moeroute.core.errors import MoeRouteError, RoutingInvariantError
 from moeroute.core.metrics import RoutingMetrics
 from moeroute.core.options import parse_spec
@@ -36,26 +37,9 @@ ENV_COLUMNS = ["error", "optimum_ms", "device_name", "threads", "torch_version",
 COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + ENV_COLUMNS
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda[:i]``; asking for CUDA where there is none is a clear error, not a torch traceback."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise MoeRouteError(f"unknown device {name!r} (cpu or cuda)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise MoeRouteError(f"--device {name}: CUDA is not available (torch {torch.__version__} is {build}, or no GPU is visible)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise MoeRouteError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
-        raise MoeRouteError(f"unsupported device {name!r} (cpu or cuda)")
-    return device
-
-
 def _environment(device: torch.device) -> dict[str, Any]:
     return {
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "moeroute_version": package_version(),
