@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any, Optional
 
-import tomllib
-
+from moeroute.core.config_files import read_config_file
 from moeroute.core.device import DEVICE_HELP
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import build_options
@@ -236,15 +234,8 @@ def parse_config(raw: dict[str, Any], source: str = "config", profile: Optional[
 
 
 def load_config(path: str, profile: Optional[str] = None) -> AblationConfig:
-    """Read and validate a TOML ablation config; every problem is a one-line :class:`MoeRouteError`."""
-    file = Path(path)
-    if not file.is_file():
-        raise MoeRouteError(f"config file not found: {path}")
-    try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise MoeRouteError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(raw, str(path), profile)
+    """Read and validate an ablation config (TOML or YAML); every problem is a one-line :class:`MoeRouteError`."""
+    return parse_config(read_config_file(path), str(path), profile)
 
 
 def run_configs(cfg: AblationConfig, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None) -> list[RunConfig]:

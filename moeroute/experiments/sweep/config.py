@@ -29,9 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import tomllib
-import yaml
-
+from moeroute.core.config_files import read_config_file
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import parse_spec
 from moeroute.routers import bind_router, router_names
@@ -94,27 +92,6 @@ class SweepConfig:
 
     def routers(self) -> list[str]:
         return sorted({r for g in self.grids for r in g.routers})
-
-
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise MoeRouteError(f"config file not found: {path}")
-    suffix = path.suffix.lower()
-    try:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise MoeRouteError(f"{path}: config must be .toml, .yaml or .yml")
-    except MoeRouteError:
-        raise
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise MoeRouteError(f"{path}: cannot parse ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(data, dict):
-        raise MoeRouteError(f"{path}: the config must be a table/mapping of keys, got {type(data).__name__}")
-    return data
 
 
 def _as_list(value: Any) -> list:
@@ -254,7 +231,7 @@ def _points(where: str, grid: Grid) -> list[Point]:
 def load_config(path: str) -> SweepConfig:
     """Parse and validate a sweep config; every error names the file, the grid and the key."""
     file = Path(path)
-    data = _read(file)
+    data = read_config_file(file)
     name = data.get("name", file.stem)
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\") or name.startswith("."):
         raise MoeRouteError(f"{path}: 'name' must be a plain file name, got {name!r}")
