@@ -10,6 +10,12 @@ when it registers:
 - ``experts_per_token="any"``: a token may get more than ``k`` experts (Expert Choice); slots may be wider.
 - ``requires``: a precondition on the input (BASE needs ``k = 1``), refused with one line before any work.
 
+A router that carries state between calls (a bias, prices) reads it from ``RouterInput.state`` and returns the
+next state in ``Slots.state``. In training, statistics are global over data-parallel ranks: such a router may also
+register ``step_update(state, all_reduce, opts) -> state``, which the trainer calls once per optimizer step with
+``all_reduce(tensor, op)`` (``op`` ``"sum"`` or ``"mean"`` over the data-parallel ranks; the identity in one
+process) to turn the statistics the router accumulated in its state into the next step's state.
+
 The invariant tests read these declarations instead of keeping a list of exceptions by hand.
 """
 
@@ -29,6 +35,8 @@ from moeroute.weights import COMMON_KEYS, CommonOptions, combine_weights
 
 RouterFn = Callable[[RouterInput, Any], Union[Slots, torch.Tensor]]
 Requirement = Callable[[RouterInput, Any], Optional[str]]
+AllReduce = Callable[[torch.Tensor, str], torch.Tensor]
+StepUpdate = Callable[[dict[str, torch.Tensor], AllReduce, Any], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class RouterEntry:
     capacity: Literal["enforced", "ignored"] = "enforced"
     experts_per_token: Literal["k", "any"] = "k"
     requires: Optional[Requirement] = None
+    step_update: Optional[StepUpdate] = None
 
     def refusal(self, x: RouterInput, opts: Any) -> Optional[str]:
         """Why this router cannot route ``x`` with ``opts`` (``None``: it can)."""
@@ -66,6 +75,7 @@ def register_router(
     capacity: Literal["enforced", "ignored"] = "enforced",
     experts_per_token: Literal["k", "any"] = "k",
     requires: Optional[Requirement] = None,
+    step_update: Optional[StepUpdate] = None,
 ) -> Callable[[RouterFn], RouterFn]:
     """Register ``fn(x: RouterInput, opts) -> Slots`` as router ``name`` (see the module docstring).
 
@@ -79,7 +89,9 @@ def register_router(
         raise MoeRouteError(f"router {name!r}: experts_per_token must be 'k' or 'any', got {experts_per_token!r}")
 
     def wrap(fn: RouterFn) -> RouterFn:
-        entry = RouterEntry(name, fn, options, description.strip(), source.strip(), capacity, experts_per_token, requires)
+        entry = RouterEntry(
+            name, fn, options, description.strip(), source.strip(), capacity, experts_per_token, requires, step_update
+        )
         ROUTERS.add(name, entry, same=lambda old: old.fn is fn)
         return fn
 
