@@ -82,7 +82,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     syn = ["eval", "--synthetic", "gauss", "--tokens", "16", "--experts", "4"]
     cases = [
         (["eval", "--logits", str(tmp_path / "missing.pt")], "not found"),
-        (["eval", "--logits", str(corrupt)], "cannot read"),
+        (["eval", "--logits", str(corrupt)], "not a readable PyTorch tensor file"),
         (["eval", "--logits", str(odd)], "unsupported file type"),
         (["eval", "--logits", str(multi)], "several tensors"),
         (["eval", "--logits", str(multi), "--key", "zzz"], "no tensor named 'zzz'"),

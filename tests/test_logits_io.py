@@ -35,8 +35,31 @@ def test_missing_file(tmp_path):
 def test_corrupt_file(tmp_path, suffix):
     path = tmp_path / f"bad{suffix}"
     path.write_bytes(b"\x00\x01 this is not a tensor file \xff" * 3)
-    with pytest.raises(MoeRouteError, match="cannot read"):
+    with pytest.raises(MoeRouteError, match=r"not a readable (PyTorch tensor|NumPy \.npy|safetensors) file \(damaged"):
         captured_tokens(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy", ".safetensors"])
+def test_empty_and_random_files_get_one_line(tmp_path, suffix, capsys):
+    import os
+
+    from moeroute.experiments.cli import main
+
+    empty, noise = tmp_path / f"empty{suffix}", tmp_path / f"noise{suffix}"
+    empty.write_bytes(b"")
+    noise.write_bytes(os.urandom(300))
+    for path, words in ((empty, "empty file (0 bytes)"), (noise, "not a readable")):
+        assert main(["eval", "--logits", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1
+
+
+def test_empty_logits_tensor(tmp_path, capsys):
+    from moeroute.experiments.cli import main
+
+    torch.save(torch.zeros(0, 8), tmp_path / "zero.pt")
+    assert main(["eval", "--logits", str(tmp_path / "zero.pt")]) == 2
+    assert "logits are empty: shape (0, 8)" in capsys.readouterr().err
 
 
 def test_unsupported_suffix(tmp_path):

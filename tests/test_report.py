@@ -51,7 +51,7 @@ def results(tmp_path_factory) -> Path:
     cfg.write_text(textwrap.dedent(CONFIG))
     run_sweep(load_config(str(cfg)), root, progress=False)
     path = root / "tiny.csv"
-    df = pd.read_csv(path, keep_default_na=False)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     base = df[(df["router"] == "gshard") & (df["grid"] == "main") & (df["workload"] == "skew")]
     fake = []
     for name in ("maxscore", "sinkhorn"):
@@ -64,7 +64,8 @@ def results(tmp_path_factory) -> Path:
                 fake.append(rows)
     broken = base.head(1).copy()
     broken["router"], broken["key"], broken["error"] = "gshard:renormalize=true", "broken", "invariant broken: test"
-    pd.concat([df, *fake, broken]).to_csv(root / "tiny_plus.csv", index=False)
+    # A hand-made results file (no row checksums: the reader verifies them only where a file has them).
+    pd.concat([df, *fake, broken]).drop(columns="row_sha").to_csv(root / "tiny_plus.csv", index=False)
     return root
 
 
@@ -103,7 +104,7 @@ def test_summary_means_over_seeds(results):
 
 
 def test_missing_data_skips_figures_with_a_line(results, tmp_path):
-    df = pd.read_csv(results / "tiny.csv", keep_default_na=False)
+    df = pd.read_csv(results / "tiny.csv", dtype=str, keep_default_na=False)  # as written: checksums still hold
     df[df["grid"] == "main"].to_csv(tmp_path / "main_only.csv", index=False)
     assert main(["report", str(tmp_path / "main_only.csv"), "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "REPORT.md").read_text()

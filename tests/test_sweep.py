@@ -20,7 +20,7 @@ from moeroute.core.plugins import load_plugin_file
 from moeroute.experiments.cli import main
 from moeroute.experiments.sweep.config import load_config
 from moeroute.experiments.sweep.run import COLUMNS, run_sweep
-from moeroute.experiments.sweep.store import ResultStore, read_rows
+from moeroute.experiments.sweep.store import ResultStore, read_results, results_frame
 from moeroute.routers import router_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,12 +134,12 @@ def test_single_grid_at_top_level_and_canonical_specs(tmp_path):
         ('routers = ["gshard"]\nworkloads = ["nope"]', "unknown workload"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\ntokens = [0]', "'tokens' must be integers >= 1"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\ncf = [0]', "'cf' must be numbers > 0"),
-        ('routers = ["gshard"]\nworkloads = ["gauss"]\ncf = ["lots"]', "'cf' must be numbers > 0"),
+        ('routers = ["gshard"]\nworkloads = ["gauss"]\ncf = ["lots"]', "'cf' of a sweep grid must be float; got 'lots'"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\nk = [20]', "k=20 exceeds E=16"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\nseeds = 0', "'seeds' as a count"),
-        ('routers = ["gshard"]\nworkloads = ["gauss"]\nrepeats = 0', "'repeats' must be an integer >= 1"),
+        ('routers = ["gshard"]\nworkloads = ["gauss"]\nrepeats = 0', "'repeats' must be integers >= 1"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\nsolver = "magic"', "unknown solver"),
-        ('routers = []\nworkloads = ["gauss"]', "'routers' is empty"),
+        ('routers = []\nworkloads = ["gauss"]', "'routers' of a sweep grid is empty"),
         ('name = "../evil"\nrouters = ["gshard"]\nworkloads = ["gauss"]', "plain file name"),
         ('routers = ["gshard"]\nworkloads = ["gauss"]\n[[grid]]\nname = "a"\n[[grid]]\nname = "a"', "grid names repeat"),
         ('routers = ["gshard"\nworkloads = ', "cannot parse"),
@@ -205,12 +205,27 @@ def test_store_ignores_leftover_temp_files_and_refuses_a_second_writer(tmp_path)
     with ResultStore(path, ["key", "x"]) as store:
         store.add([{"key": "a", "x": 1}])
         (tmp_path / "s.csv.partial.999999").write_text("key,x\nb,2\nc,")  # a torn temp file from a killed run
+        (tmp_path / "s.parts" / "00000009-1.csv.partial.7").write_text("key,x\nd,")
         with pytest.raises(MoeRouteError, match="another moeroute run"):
             ResultStore(path, ["key", "x"])
     with ResultStore(path, ["key", "x"]) as store:
         assert set(store.rows) == {"a"}
-    assert not list(tmp_path.glob("*.partial*"))
-    assert [r["key"] for r in read_rows(path)] == ["a"]
+    assert not list(tmp_path.glob("*.partial*")) and not (tmp_path / "s.parts").exists()
+    assert [r["key"] for r in read_results(path)] == ["a"]
+
+
+def test_store_segments_are_read_before_compaction_and_cost_only_their_rows(tmp_path):
+    path = tmp_path / "s.csv"
+    store = ResultStore(path, ["key", "x"])
+    store.add([{"key": str(i), "x": i} for i in range(3)])
+    segment = store.add([{"key": "9", "x": 9}])
+    assert segment.read_text().count("\n") == 2  # its header and its one row, whatever is stored already
+    assert sorted(r["key"] for r in read_results(path)) == ["0", "1", "2", "9"]  # readers see uncompacted parts
+    store.compact()
+    store.close()
+    assert not (tmp_path / "s.parts").exists()
+    frame = results_frame(path)
+    assert sorted(frame["x"].tolist()) == [0, 1, 2, 9]
 
 
 def test_cuda_without_cuda_is_a_clear_error():
@@ -251,7 +266,7 @@ def test_kill_mid_sweep_then_resume(tmp_path, plugin):
     deadline = time.time() + 120
     try:
         while proc.poll() is None and time.time() < deadline:
-            if csv.exists() and len(read_rows(csv)) >= 6:
+            if len(read_results(csv)) >= 6:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.01)
@@ -260,9 +275,9 @@ def test_kill_mid_sweep_then_resume(tmp_path, plugin):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL, f"the sweep was not killed mid-way: {proc.stderr.read().decode()[-500:]}"
-    killed = pd.read_csv(csv, keep_default_na=False)
+    killed = results_frame(csv)
     assert 6 <= len(killed) < 80 and len(killed) % 2 == 0  # whole points only
-    assert killed["key"].is_unique and (killed["error"] == "").all()
+    assert killed["key"].is_unique and killed["error"].isna().all()
 
     summary = run_sweep(load_config(cfg), out, progress=False)
     assert summary.rows_skipped == len(killed) and summary.rows_written == 80 - len(killed)
@@ -271,5 +286,5 @@ def test_kill_mid_sweep_then_resume(tmp_path, plugin):
     assert sorted(final["seed"].unique()) == list(range(40))
     assert (final.groupby("seed").size() == 2).all()
     kept = final.set_index("key").loc[killed["key"], ["timestamp", "latency_ms"]]
-    assert (kept.values == killed.set_index("key")[["timestamp", "latency_ms"]].values).all()  # not recomputed
+    assert (kept.astype(str).values == killed.set_index("key")[["timestamp", "latency_ms"]].astype(str).values).all()  # not recomputed
     assert not list(out.glob("*.partial*"))

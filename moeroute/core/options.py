@@ -41,6 +41,12 @@ def _fmt(value: Any) -> str:
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (often a string from a spec) to ``annotation`` (bool, int, float, str, Optional, Literal)."""
     origin = get_origin(annotation)
+    if origin is tuple:
+        # tuple[X, ...]: a list, or one scalar meaning a list of one; duplicates dropped, order kept
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise MoeRouteError(f"{where} is empty")
+        return tuple(dict.fromkeys(coerce(item, get_args(annotation)[0], where) for item in items))
     if origin is Union:
         args = [a for a in get_args(annotation) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
@@ -116,6 +122,8 @@ def options_table(cls: type) -> list[tuple[str, str, Any]]:
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is tuple:
+        return f"list of {_type_name(get_args(annotation)[0])}"
     if origin is Literal:
         return "|".join(map(str, get_args(annotation)))
     if origin is Union:

@@ -43,6 +43,8 @@ def as_groups(logits: Any, group_size: Optional[int] = None) -> torch.Tensor:
     must equal ``T`` or be ``None``. NaN or infinite logits are refused, since every score would be meaningless.
     """
     x = as_logits_tensor(logits)
+    if x.numel() == 0:
+        raise MoeRouteError(f"logits are empty: shape {tuple(x.shape)}")
     if x.dim() == 2:
         n, e = x.shape
         t = n if group_size is None else group_size

@@ -138,10 +138,13 @@ class BoundRouter:
         routing = self.build(x, out)
         if check:
             routing.check()
+        if routing.weights is None:
+            routing.weights = combine_weights(x.scores, routing.experts, self.common)
         return routing
 
     def build(self, x: RouterInput, out: Union[Slots, torch.Tensor]) -> Routing:
-        """The :class:`Routing` of slots ``out`` on problem ``x``, with the capacity and ``k`` of the problem."""
+        """The :class:`Routing` of slots ``out`` on problem ``x``, with the capacity and ``k`` of the problem (combine
+        weights are added by :meth:`__call__` once the slots are checked)."""
         if isinstance(out, torch.Tensor):
             out = Slots(out)
         if not isinstance(out, Slots):
@@ -170,8 +173,6 @@ class BoundRouter:
             meta=dict(out.meta),
             state=dict(out.state),
         )
-        if routing.weights is None:
-            routing.weights = combine_weights(x.scores, routing.experts, self.common)
         return routing
 
 

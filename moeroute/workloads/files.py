@@ -11,6 +11,8 @@ import torch
 from moeroute.core.errors import MoeRouteError
 
 SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
+_KIND = {".pt": "PyTorch tensor file", ".pth": "PyTorch tensor file", ".npy": "NumPy .npy file",
+         ".safetensors": "safetensors file"}
 
 
 def _pick(tensors: dict, key: Optional[str], path: str) -> torch.Tensor:
@@ -31,6 +33,8 @@ def read_tensors(path: str) -> "torch.Tensor | dict[str, torch.Tensor]":
     if not file.is_file():
         raise MoeRouteError(f"logits file not found: {path}")
     suffix = file.suffix.lower()
+    if suffix in SUFFIXES and file.stat().st_size == 0:
+        raise MoeRouteError(f"{path}: empty file (0 bytes), not a {_KIND[suffix]}")
     try:
         if suffix in (".pt", ".pth"):
             data = torch.load(file, map_location="cpu", weights_only=True)
@@ -44,8 +48,8 @@ def read_tensors(path: str) -> "torch.Tensor | dict[str, torch.Tensor]":
             raise MoeRouteError(f"{path}: unsupported file type {suffix!r} (use {', '.join(SUFFIXES)})")
     except MoeRouteError:
         raise
-    except Exception as exc:  # torch/numpy/safetensors each raise their own types for a corrupt file
-        raise MoeRouteError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    except Exception as exc:  # torch/numpy/safetensors each raise their own types (and texts) for a damaged file
+        raise MoeRouteError(f"{path}: not a readable {_KIND[suffix]} (damaged or another format: {type(exc).__name__})") from None
     if isinstance(data, torch.Tensor):
         return data
     if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()):

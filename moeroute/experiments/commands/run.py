@@ -21,17 +21,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default 1: small routing ops gain little from more, and timings stay "
                         "stable on a shared machine; 0 = torch's default)")
     p.add_argument("--no-progress", action="store_true", help="one line per point instead of a progress bar")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="keep rows measured by other code (a different source fingerprint) instead of re-running them")
+    p.add_argument("--allow-errors", action="store_true",
+                   help="exit 0 even when some router errored on some point (the rows record the errors)")
 
 
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
     config = load_config(args.config)
     summary = run_sweep(config, args.out, args.device, console, progress=False if args.no_progress else None,
-                        threads=args.threads or None)
+                        threads=args.threads or None, reuse_stale=args.reuse_stale)
+    extra = f", {summary.damaged} damaged row(s) moved aside and re-run" if summary.damaged else ""
     console.print(
         f"{summary.path}: {summary.rows_written} row(s) written from {summary.points} point(s), "
-        f"{summary.rows_skipped} already done, {summary.errors} error(s), {summary.seconds:.1f} s"
+        f"{summary.rows_skipped} already done, {summary.errors} error(s){extra}, {summary.seconds:.1f} s"
     )
-    # Router errors are rows (listed by the report and retried by a re-run), not a failed sweep: the README's
-    # `moeroute run ... && moeroute report` must still produce the report.
+    if summary.errors and not args.allow_errors:
+        # Errored rows are kept (and retried by a re-run); the exit status says the sweep is not complete.
+        console.print(f"moeroute: {summary.errors} row(s) errored (see their 'error' column in {summary.path}); "
+                      f"a re-run retries them, --allow-errors exits 0")
+        return 1
     return 0

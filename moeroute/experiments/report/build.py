@@ -75,6 +75,11 @@ def build_report(paths: Sequence["str | Path"], out_dir: "str | Path" = "reports
         f"{ok['workload'].nunique()} workloads; device {devices or '-'}; {versions or '-'}. "
         "Every number below is a mean over seeds (latency: the median of timed calls per row, then the mean)."
     )
+    stale = ok[ok["stale"]]
+    if len(stale):
+        md += ["", f"**{len(stale)} of {len(ok)} rows were measured by other code** than this checkout (source "
+               f"fingerprint differs; routers: {', '.join(sorted(stale['router'].unique())[:8])}"
+               f"{', ...' if stale['router'].nunique() > 8 else ''}); `moeroute run` re-runs them."]
     md += ["", "Gap = (MCMF optimum - objective) / MCMF optimum: the optimum fills every slot capacity allows, so a router "
            "that drops slots can show a negative gap. Load ratio = expert load / capacity C (k*T/E without capacity).", ""]
 

@@ -11,6 +11,8 @@ import pandas as pd
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import format_spec, parse_spec
+from moeroute.core.version import code_fingerprint
+from moeroute.experiments.sweep.store import parts_dir, read_results
 
 SETTING = ["groups", "tokens", "experts", "k", "cf_label"]
 NUMERIC = ["groups", "tokens", "experts", "k", "capacity", "seed", "repeats", "slot_drop_rate", "token_drop_rate",
@@ -38,18 +40,18 @@ def load_results(paths: Sequence["str | Path"]) -> pd.DataFrame:
     frames = []
     for path in paths:
         file = Path(path)
-        if not file.is_file():
+        if not file.is_file() and not parts_dir(file).is_dir():
             raise MoeRouteError(f"results file not found: {path}")
-        try:
-            frame = pd.read_csv(file, dtype={"cf": str, "error": str, "extra": str}, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise MoeRouteError(f"{path}: cannot read results CSV ({type(exc).__name__})") from None
+        # The sweep's own reader: damaged rows are skipped (a sweep moves them aside), segments not yet folded in
+        # are included, so the report never dies on a row the sweep accepted.
+        rows = read_results(file)
+        frame = pd.DataFrame(rows, dtype=str)
         missing = {"key", "router", "workload", "slot_drop_rate"} - set(frame.columns)
         if missing:
             raise MoeRouteError(f"{path}: not a moeroute results CSV (missing {', '.join(sorted(missing))})")
         frame["source"] = file.name
         frames.append(frame)
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True).fillna("")
     df = df.drop_duplicates(subset="key", keep="last").reset_index(drop=True)
     for col in NUMERIC:
         if col in df.columns:
@@ -58,6 +60,8 @@ def load_results(paths: Sequence["str | Path"]) -> pd.DataFrame:
     df["cf_label"] = [("none" if np.isnan(v) else f"{v:g}") for v in df["cf_value"]]
     if "error" not in df.columns:
         df["error"] = ""
+    # Rows measured by other code than this checkout's (a different source fingerprint) are marked, not hidden.
+    df["stale"] = df["code"].astype(str) != code_fingerprint() if "code" in df.columns else True
     df["error"] = df["error"].fillna("").astype(str)
     options = [parse_spec(r)[1] for r in df["router"]]
     df["opt_iters"] = pd.to_numeric(pd.Series([o.get("iters", "") for o in options]), errors="coerce")

@@ -24,23 +24,56 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from moeroute.core.config_files import read_config_file
 from moeroute.core.errors import MoeRouteError
-from moeroute.core.options import parse_spec
+from moeroute.core.options import build_options, parse_spec
+from moeroute.core.problem import RouterInput, expert_capacity
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
 from moeroute.workloads import captured_tokens, check_workload, is_captured, parse_captured
 
-GRID_KEYS = ("name", "routers", "workloads", "tokens", "groups", "experts", "k", "cf", "seeds", "repeats", "solver")
-DEFAULTS: dict[str, Any] = {
-    "tokens": [512], "groups": [4], "experts": [16], "k": [2], "cf": [1.0], "seeds": [0], "repeats": 5,
-    "solver": DEFAULT_SOLVER,
-}
+
+@dataclass(frozen=True)
+class Grid:
+    """One grid of a sweep config, typed: each key is parsed by :func:`moeroute.core.options.build_options` (a
+    list key also takes one scalar), so configs and router specs share one option system. ``seeds`` may be a count
+    ``n`` (meaning ``0 .. n-1``); ``cf`` takes numbers > 0 or ``"none"``."""
+
+    routers: tuple[str, ...]
+    workloads: tuple[str, ...]
+    name: str = "grid"
+    tokens: tuple[int, ...] = (512,)
+    groups: tuple[int, ...] = (4,)
+    experts: tuple[int, ...] = (16,)
+    k: tuple[int, ...] = (2,)
+    cf: tuple[Optional[float], ...] = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    repeats: int = 5
+    solver: str = DEFAULT_SOLVER
+
+    def validate(self) -> None:
+        for key in ("tokens", "groups", "experts", "k", "repeats"):
+            values = getattr(self, key)
+            for v in values if isinstance(values, tuple) else (values,):
+                if v < 1:
+                    raise MoeRouteError(f"{key!r} must be integers >= 1, got {v!r}")
+        if any(s < 0 for s in self.seeds):
+            raise MoeRouteError(f"'seeds' must be integers >= 0, got {self.seeds}")
+        if any(c is not None and not (0 < c < float("inf")) for c in self.cf):
+            raise MoeRouteError(f"'cf' must be numbers > 0 or \"none\", got {self.cf}")
+        if not self.name.strip():
+            raise MoeRouteError("'name' must be a non-empty string")
+        if self.solver not in SOLVERS:
+            raise MoeRouteError(f"unknown solver {self.solver!r} (known: {', '.join(SOLVERS)})")
+
+
+GRID_KEYS = tuple(f.name for f in fields(Grid))
 
 
 @dataclass(frozen=True)
@@ -57,29 +90,16 @@ class Point:
     repeats: int
     solver: str
 
-    def row_key(self, router: str, device: str) -> str:
-        """The resume key of one (point, router) row: a hash of the full configuration that produced it."""
-        payload = json.dumps({**asdict(self), "router": router, "device": device}, sort_keys=True)
+    def row_key(self, resolved_router: str, device: str) -> str:
+        """The resume key of one (point, router) row: a hash of the point, the router spec with every option
+        resolved (``maxscore`` and ``maxscore:eps=<its default>`` share a key) and the device. Which code measured
+        the row is stored beside it (``code``) and checked separately."""
+        payload = json.dumps({**asdict(self), "router": resolved_router, "device": device}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
     def label(self) -> str:
         cf = "none" if self.cf is None else f"{self.cf:g}"
         return f"{self.workload} G={self.groups} T={self.tokens} E={self.experts} k={self.k} cf={cf} seed={self.seed}"
-
-
-@dataclass(frozen=True)
-class Grid:
-    name: str
-    routers: tuple[str, ...]
-    workloads: tuple[str, ...]
-    tokens: tuple[int, ...]
-    groups: tuple[int, ...]
-    experts: tuple[int, ...]
-    k: tuple[int, ...]
-    cf: tuple[Optional[float], ...]
-    seeds: tuple[int, ...]
-    repeats: int
-    solver: str
 
 
 @dataclass(frozen=True)
@@ -89,71 +109,59 @@ class SweepConfig:
     grids: tuple[Grid, ...]
     points: tuple[tuple[str, Point, tuple[str, ...]], ...] = field(default=())
     """``(grid name, point, router specs)`` in run order, duplicates across grids removed."""
+    resolved: dict[str, str] = field(default_factory=dict)
+    """Each router spec of the config -> the spec with every option resolved (defaults filled in)."""
 
     def routers(self) -> list[str]:
         return sorted({r for g in self.grids for r in g.routers})
 
-
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _ints(where: str, key: str, value: Any, minimum: int) -> tuple[int, ...]:
-    items = _as_list(value)
-    if not items:
-        raise MoeRouteError(f"{where}: {key!r} is empty")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < minimum:
-            raise MoeRouteError(f"{where}: {key!r} must be integers >= {minimum}, got {item!r}")
-    return tuple(dict.fromkeys(items))
+    def refusal(self, point: Point, spec: str) -> Optional[str]:
+        """Why the router of ``spec`` refuses ``point`` by its declared precondition (``None``: it runs)."""
+        bound = bind_router(spec)
+        if bound.entry.requires is None:
+            return None
+        return bound.entry.refusal(_shape_only(point), bound.options)
 
 
-def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
-    items = _as_list(value)
-    if not items:
-        raise MoeRouteError(f"{where}: {key!r} is empty")
-    for item in items:
-        if not isinstance(item, str) or not item.strip():
-            raise MoeRouteError(f"{where}: {key!r} must be non-empty strings, got {item!r}")
-    return tuple(dict.fromkeys(i.strip() for i in items))
+def _shape_only(point: Point) -> RouterInput:
+    """A router input with the point's sizes, k and capacity but no real logits (preconditions read only those)."""
+    empty = torch.empty(0, point.tokens, point.experts)
+    return RouterInput(empty, empty, point.k, expert_capacity(point.cf, point.k, point.tokens, point.experts), point.cf)
 
 
-def _cfs(where: str, value: Any) -> tuple[Optional[float], ...]:
-    items = _as_list(value)
-    if not items:
-        raise MoeRouteError(f"{where}: 'cf' is empty")
-    out: list[Optional[float]] = []
-    for item in items:
-        if item is None or (isinstance(item, str) and item.strip().lower() in ("none", "dropless")):
-            out.append(None)
-        elif isinstance(item, (int, float)) and not isinstance(item, bool) and item > 0 and math.isfinite(item):
-            out.append(float(item))
-        else:
-            raise MoeRouteError(f"{where}: 'cf' must be numbers > 0 or \"none\", got {item!r}")
-    return tuple(dict.fromkeys(out))
+def _cf_values(value: Any) -> Any:
+    """``"none"``/``"dropless"`` (any case) mean no capacity."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return [None if isinstance(v, str) and v.strip().lower() in ("none", "dropless") else v for v in items]
 
 
-def _seeds(where: str, value: Any) -> tuple[int, ...]:
+def _seed_values(where: str, value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise MoeRouteError(f"{where}: 'seeds' as a count must be >= 1, got {value}")
-        return tuple(range(value))
-    return _ints(where, "seeds", value, 0)
+        return list(range(value))
+    return value
 
 
-def _canonical_routers(where: str, specs: tuple[str, ...]) -> tuple[str, ...]:
-    """Bind every spec and return canonical specs; unknown routers and bad options all fail here, named at once."""
-    out, unknown, bad = [], [], []
+def _canonical_routers(where: str, specs: tuple[str, ...]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Bind every spec: canonical specs and their resolved forms; unknown routers and bad options fail here,
+    named at once."""
+    out, resolved, unknown, bad = [], {}, [], []
     known = set(router_names())
     for spec in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            raise MoeRouteError(f"{where}: 'routers' must be non-empty strings, got {spec!r}")
         name = parse_spec(spec)[0]
         if name not in known:
             unknown.append(name)
             continue
         try:
-            out.append(bind_router(spec).spec)
+            bound = bind_router(spec)
         except MoeRouteError as exc:
             bad.append(f"{spec!r}: {exc}")
+            continue
+        out.append(bound.spec)
+        resolved[bound.spec] = bound.resolved
     if unknown:
         raise MoeRouteError(
             f"{where}: unknown router(s) {', '.join(dict.fromkeys(unknown))} "
@@ -161,45 +169,34 @@ def _canonical_routers(where: str, specs: tuple[str, ...]) -> tuple[str, ...]:
         )
     if bad:
         raise MoeRouteError(f"{where}: bad router spec(s): {'; '.join(bad)}")
-    return tuple(dict.fromkeys(out))
+    return tuple(dict.fromkeys(out)), resolved
 
 
-def _grid(where: str, raw: dict, index: int) -> Grid:
-    unknown = sorted(set(raw) - set(GRID_KEYS))
-    if unknown:
-        raise MoeRouteError(f"{where}: unknown key {unknown[0]!r} (keys: {', '.join(GRID_KEYS)})")
+def _grid(where: str, raw: dict, index: int) -> tuple[Grid, dict[str, str]]:
+    raw = {"name": f"grid{index}", **raw}
     for key in ("routers", "workloads"):
         if key not in raw:
             raise MoeRouteError(f"{where}: missing {key!r}")
-    name = raw.get("name", f"grid{index}")
-    if not isinstance(name, str) or not name.strip():
-        raise MoeRouteError(f"{where}: 'name' must be a non-empty string, got {name!r}")
-    where = f"{where} ({name})"
-    repeats = raw["repeats"]
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise MoeRouteError(f"{where}: 'repeats' must be an integer >= 1, got {repeats!r}")
-    solver = raw["solver"]
-    if solver not in SOLVERS:
-        raise MoeRouteError(f"{where}: unknown solver {solver!r} (known: {', '.join(SOLVERS)})")
-    workloads = _strings(where, "workloads", raw["workloads"])
-    for spec in workloads:
+    name = raw["name"]
+    if isinstance(name, str):
+        where = f"{where} ({name.strip()})"
+    if "cf" in raw:
+        raw["cf"] = _cf_values(raw["cf"])
+    if "seeds" in raw:
+        raw["seeds"] = _seed_values(where, raw["seeds"])
+    try:
+        grid = build_options(Grid, raw, "a sweep grid")
+    except MoeRouteError as exc:
+        raise MoeRouteError(f"{where}: {exc}") from None
+    routers, resolved = _canonical_routers(where, grid.routers)
+    for spec in grid.workloads:
+        if not spec.strip():
+            raise MoeRouteError(f"{where}: 'workloads' must be non-empty strings")
         try:
             check_workload(spec)
         except MoeRouteError as exc:
             raise MoeRouteError(f"{where}: workload {spec!r}: {exc}") from None
-    return Grid(
-        name=name.strip(),
-        routers=_canonical_routers(where, _strings(where, "routers", raw["routers"])),
-        workloads=workloads,
-        tokens=_ints(where, "tokens", raw["tokens"], 1),
-        groups=_ints(where, "groups", raw["groups"], 1),
-        experts=_ints(where, "experts", raw["experts"], 1),
-        k=_ints(where, "k", raw["k"], 1),
-        cf=_cfs(where, raw["cf"]),
-        seeds=_seeds(where, raw["seeds"]),
-        repeats=repeats,
-        solver=solver,
-    )
+    return Grid(**{**asdict(grid), "routers": routers, "name": grid.name.strip()}), resolved
 
 
 def _points(where: str, grid: Grid) -> list[Point]:
@@ -244,7 +241,11 @@ def load_config(path: str) -> SweepConfig:
         grids_raw = [{}]
     if not isinstance(grids_raw, list) or not grids_raw or not all(isinstance(g, dict) for g in grids_raw):
         raise MoeRouteError(f"{path}: 'grid' must be a non-empty list of tables")
-    grids = [_grid(f"{path}: grid {i}", {**DEFAULTS, **top, **g}, i) for i, g in enumerate(grids_raw)]
+    grids, resolved = [], {}
+    for i, g in enumerate(grids_raw):
+        grid, res = _grid(f"{path}: grid {i}", {**top, **g}, i)
+        grids.append(grid)
+        resolved.update(res)
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise MoeRouteError(f"{path}: grid names repeat ({', '.join(names)})")
@@ -258,4 +259,4 @@ def load_config(path: str) -> SweepConfig:
             else:
                 seen[point] = len(points)
                 points.append((grid.name, point, grid.routers))
-    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points))
+    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points), resolved=resolved)

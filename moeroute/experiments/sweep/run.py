@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,28 +22,35 @@ from moeroute.core.errors import MoeRouteError, RoutingInvariantError
 from moeroute.core.metrics import RoutingMetrics
 from moeroute.core.options import parse_spec
 from moeroute.core.problem import make_input
-from moeroute.core.version import package_version
+from moeroute.core.version import code_fingerprint, git_revision, package_version
 from moeroute.evaluation import measure, optima
 from moeroute.experiments.sweep.config import Point, SweepConfig
-from moeroute.experiments.sweep.store import ResultStore
+from moeroute.experiments.sweep.store import CHECKSUM, ResultStore, damaged_path
 from moeroute.workloads import workload_logits
 
-CONFIG_COLUMNS = ["key", "sweep", "grid", "router", "router_name", "workload", "groups", "tokens", "experts", "k",
-                  "cf", "capacity", "seed", "repeats", "solver", "device"]
+CONFIG_COLUMNS = ["key", "sweep", "grid", "router", "router_resolved", "router_name", "workload", "groups", "tokens",
+                  "experts", "k", "cf", "capacity", "seed", "repeats", "solver", "device"]
 METRIC_COLUMNS = ["slot_drop_rate", "token_drop_rate", "second_choice_drop_rate", "over_k_rate", "mean_load_ratio",
                   "max_load_ratio", "padding_factor", "objective", "optimum", "gap", "maxweight_optimum",
                   "rank1_affinity", "rank2_affinity", "latency_ms", "latency_calls", "sorted_load_ratios", "extra"]
-ENV_COLUMNS = ["error", "optimum_ms", "device_name", "threads", "torch_version", "moeroute_version", "python_version",
-               "timestamp"]
-COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + ENV_COLUMNS
+CODE_COLUMNS = ["code", "moeroute_version", "git_revision"]
+ENV_COLUMNS = ["error", "optimum_ms", "device_name", "host", "threads", "torch_version", "python_version", "timestamp"]
+COLUMNS = CONFIG_COLUMNS + METRIC_COLUMNS + CODE_COLUMNS + ENV_COLUMNS + [CHECKSUM]
+"""A row: what was run (``router`` as written, ``router_resolved`` with every option), what it measured, which
+code measured it (``code``: the source fingerprint rows are matched on), and where."""
+
+
+def code_fields() -> dict[str, str]:
+    """The code columns of a row measured by this process."""
+    return {"code": code_fingerprint(), "moeroute_version": package_version(), "git_revision": git_revision()}
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
     return {
         "device_name": device_name(device),
+        "host": socket.gethostname(),
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "moeroute_version": package_version(),
         "python_version": platform.python_version(),
     }
 
@@ -57,12 +65,18 @@ def _metric_fields(m: RoutingMetrics) -> dict[str, Any]:
 
 @dataclass
 class SweepSummary:
+    """What a run did: points run, rows written, rows already done (``rows_stale``: of them, kept from other code
+    because of ``reuse_stale``), rows that errored in this run, pairs the routers refuse, seconds, results path."""
+
     points: int
     rows_written: int
     rows_skipped: int
     errors: int
     seconds: float
     path: Path
+    rows_stale: int = 0
+    refused: int = 0
+    damaged: int = 0
 
 
 def run_sweep(
@@ -72,13 +86,18 @@ def run_sweep(
     console: Optional[Console] = None,
     progress: Optional[bool] = None,
     threads: Optional[int] = 1,
+    reuse_stale: bool = False,
 ) -> SweepSummary:
-    """Run every (point, router) of ``config`` not already in ``<out_dir>/<name>.csv`` and append their rows.
+    """Run every (point, router) of ``config`` not already in ``<out_dir>/<name>.csv`` and add their rows.
+
+    A row is done when its key (the point, the router with every option resolved, the device) is stored without an
+    error **and** was measured by the same code (:func:`moeroute.core.version.code_fingerprint`); rows from other
+    code are re-run and replaced, unless ``reuse_stale``. Pairs a router refuses by its declared precondition (BASE
+    at k > 1) are skipped with a note, not run.
 
     ``threads`` sets torch's intra-op CPU threads (``None``: torch's default). One thread is the default because
-    the routing ops of a sweep are small (``[G, 512, 16]``): a second thread buys little, and on a machine where
-    anything else runs, torch's spinning worker threads made the same Sinkhorn call ~100x slower (measured 19 ms
-    on 1 thread vs 3.5-4.2 s on 2 threads of a busy 2-core machine). The count is recorded in every row.
+    the routing ops of a sweep are small and torch's spinning worker threads make timings erratic on a shared
+    machine (measurements in benchmarks/PERF.md). The count is recorded in every row.
     """
     dev = resolve_device(device)
     if threads is not None:
@@ -87,27 +106,43 @@ def run_sweep(
         torch.set_num_threads(threads)
     console = console or Console(stderr=True, soft_wrap=True)
     show_bar = console.is_terminal if progress is None else progress
-    env = _environment(dev)
+    env = {**_environment(dev), **code_fields()}
     path = Path(out_dir) / f"{config.name}.csv"
     start = time.perf_counter()
-    written = skipped = errors = points_run = 0
+    written = skipped = stale = errors = points_run = 0
     with ResultStore(path, COLUMNS) as store:
-        done = store.done()
-        todo = []
+        for file, line, reason, _ in store.damaged:
+            console.print(f"[yellow]damaged row[/yellow] {file}:{line}: {reason}; moved to {damaged_path(path).name}, re-run")
+        todo, refused = [], 0
         for grid, point, routers in config.points:
-            pending = [r for r in routers if point.row_key(r, str(dev)) not in done]
-            skipped += len(routers) - len(pending)
+            pending = []
+            for spec in routers:
+                if config.refusal(point, spec):
+                    refused += 1
+                    continue
+                row = store.rows.get(point.row_key(config.resolved[spec], str(dev)))
+                if row is None or row.get("error"):
+                    pending.append(spec)
+                elif row.get("code") == env["code"] or reuse_stale:
+                    skipped += 1
+                    stale += row.get("code") != env["code"]
+                else:
+                    pending.append(spec)
             if pending:
                 todo.append((grid, point, pending))
         total = sum(len(p) for _, _, p in todo)
         if skipped:
-            console.print(f"[dim]{path}: {skipped} row(s) already done, {total} to run[/dim]")
+            kept = f" ({stale} from other code, kept by --reuse-stale)" if stale else ""
+            console.print(f"[dim]{path}: {skipped} row(s) already done{kept}, {total} to run[/dim]")
+        if refused:
+            console.print(f"[dim]{refused} (router, point) pair(s) skipped: refused by the router's precondition "
+                          f"(see `moeroute routers`)[/dim]")
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("left"), TimeRemainingColumn())
         with Progress(*columns, console=console, disable=not show_bar, transient=False) as bar:
             task = bar.add_task(config.name, total=total)
             for n, (grid, point, pending) in enumerate(todo, 1):
-                rows = _run_point(config.name, grid, point, pending, dev, env, bar, task)
+                rows = _run_point(config, grid, point, pending, dev, env, bar, task)
                 store.add(rows)
                 points_run += 1
                 written += len(rows)
@@ -118,11 +153,12 @@ def run_sweep(
                 if not show_bar:
                     console.print(f"[{n}/{len(todo)}] {point.label()}: {len(rows)} router(s)")
             bar.update(task, description=f"{config.name}: done")
-    return SweepSummary(points_run, written, skipped, errors, time.perf_counter() - start, path)
+        damaged = len(store.damaged)
+    return SweepSummary(points_run, written, skipped, errors, time.perf_counter() - start, path, stale, refused, damaged)
 
 
-def _run_point(sweep: str, grid: str, point: Point, routers: list[str], dev: torch.device, env: dict[str, Any],
-               bar: Progress, task: Any) -> list[dict[str, Any]]:
+def _run_point(config: SweepConfig, grid: str, point: Point, routers: list[str], dev: torch.device,
+               env: dict[str, Any], bar: Progress, task: Any) -> list[dict[str, Any]]:
     """Logits, optimum and every pending router of one point; one row each (errors become rows, not crashes)."""
     bar.update(task, description=f"{point.label()} · optimum")
     logits = workload_logits(point.workload, point.groups, point.tokens, point.experts, point.seed).to(dev)
@@ -134,8 +170,8 @@ def _run_point(sweep: str, grid: str, point: Point, routers: list[str], dev: tor
     for spec in routers:
         bar.update(task, description=f"{point.label()} · {spec}")
         row: dict[str, Any] = {
-            "key": point.row_key(spec, str(dev)), "sweep": sweep, "grid": grid, "router": spec,
-            "router_name": parse_spec(spec)[0], "workload": point.workload, "groups": point.groups,
+            "key": point.row_key(config.resolved[spec], str(dev)), "sweep": config.name, "grid": grid,
+            "router": spec, "router_resolved": config.resolved[spec], "router_name": parse_spec(spec)[0], "workload": point.workload, "groups": point.groups,
             "tokens": point.tokens, "experts": point.experts, "k": point.k,
             "cf": "none" if point.cf is None else point.cf, "capacity": "" if x.capacity is None else x.capacity,
             "seed": point.seed, "repeats": point.repeats, "solver": point.solver, "device": str(dev),
