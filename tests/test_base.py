@@ -7,14 +7,15 @@ import itertools
 
 import pytest
 import torch
-from conftest import seeded_logits
-from reference.assignment import balanced_lsa
-from reference.loops import auction_loop
 
 from moeroute import MoeRouteError, route
 from moeroute.core.problem import make_input
 from moeroute.routers.base import balanced_auction, balanced_exact
 from moeroute.solvers import solve_optimum
+
+from conftest import seeded_logits
+from reference.assignment import balanced_lsa
+from reference.loops import auction_loop
 
 
 def probs(rows):

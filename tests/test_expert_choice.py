@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import seeded_logits
-from reference.loops import expert_choice_loop
 
 from moeroute import MoeRouteError, evaluate, route
 from moeroute.core.problem import make_input
+
+from conftest import seeded_logits
+from reference.loops import expert_choice_loop
 
 
 def test_golden():

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference.loops import global_greedy_loop
 
 from moeroute import route
 from moeroute.core.problem import make_input
 from moeroute.routers.global_greedy import greedy_assignment
 from moeroute.solvers import solve_optimum
+
+from conftest import seeded_logits
+from reference.loops import global_greedy_loop
 
 
 def test_golden():

@@ -5,10 +5,11 @@ import math
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference.loops import gshard_loop
 
 from moeroute import route
 from moeroute.core.problem import make_input
+
+from reference.loops import gshard_loop
 
 # 4 tokens, 3 experts, k = 2, cf = 0.75 -> C = ceil(0.75 * 2 * 4 / 3) = 2.
 # Preferences (best first): t0: 0,1   t1: 0,2   t2: 0,1   t3: 1,0

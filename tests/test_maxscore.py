@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,8 @@ from moeroute.solvers import solve_optimum
 from moeroute.solvers.sinkhorn import _capped_potential, sinkhorn_capped_log, sinkhorn_log, sinkhorn_log_reference
 from moeroute.weights import gather_scores
 from moeroute.workloads import synthetic_logits
+
+from conftest import seeded_logits
 
 STAGE2 = ("sinkhorn", "exact", "iterative")
 

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import seeded_logits
-from reference.loops import gshard_loop, sinkhorn_loop
 
 from moeroute import MoeRouteError, evaluate, route
 from moeroute.core.problem import make_input
 from moeroute.routers._capacity import expert_load
 from moeroute.routers.sinkhorn import SinkhornOptions, balanced_plan
+
+from conftest import seeded_logits
+from reference.loops import gshard_loop, sinkhorn_loop
 
 
 def test_golden_two_tokens_both_prefer_expert_0():

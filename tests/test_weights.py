@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from conftest import seeded_logits
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +13,8 @@ from moeroute import SoftTopkSchedule, route
 from moeroute.core.errors import MoeRouteError
 from moeroute.weights import CommonOptions, combine_weights, weight_ops
 from moeroute.weights.sparse import entmax15, sparsemax
+
+from conftest import seeded_logits
 
 
 def threshold_reference(z: list[float], alpha: float) -> list[float]:
