@@ -13,7 +13,8 @@ from moeroute.core.routing import Routing, gather_scores
 
 TABLE_KEYS = (
     "router", "groups", "tokens", "experts", "k", "capacity", "slot_drop_rate", "token_drop_rate",
-    "second_choice_drop_rate", "mean_load_ratio", "max_load_ratio", "objective", "optimum", "gap", "latency_ms",
+    "second_choice_drop_rate", "over_k_rate", "mean_load_ratio", "max_load_ratio", "padding_factor",
+    "rank1_affinity", "rank2_affinity", "objective", "optimum", "gap", "latency_ms",
 )
 """The keys of ``moeroute eval --format json`` (and csv), in order."""
 

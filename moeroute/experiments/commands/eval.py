@@ -8,9 +8,11 @@ import json
 import sys
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from moeroute.core.device import resolve_device
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.metrics import TABLE_KEYS
 from moeroute.evaluation import evaluate
@@ -39,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=DEFAULT_SOLVER,
                    help=f"exact solver for the optimum: {', '.join(SOLVERS)} (default {DEFAULT_SOLVER})")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, as sweeps: small routing ops gain little from more threads and "
+                        "their timings stay stable on a shared machine; 0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
 
 
 def parse_cf(text: str) -> "float | None":
@@ -56,7 +62,7 @@ def parse_cf(text: str) -> "float | None":
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key.endswith("rate") or key == "gap":
+    if key.endswith("rate") or key == "gap" or key == "over_k_share":
         return f"{100 * value:.2f}%"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
@@ -65,6 +71,11 @@ def _fmt(key: str, value: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cf = parse_cf(args.cf)
+    device = resolve_device(args.device)
+    if args.threads < 0:
+        raise MoeRouteError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.logits:
         logits = load_logits(args.logits, args.key)
     else:
@@ -72,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise MoeRouteError("--key applies to --logits files only")
         logits = synthetic_logits(args.synthetic, args.groups, args.tokens, args.experts, args.seed)
     routers = args.router or ["gshard", "dropless", "exact"]
-    results = evaluate(logits, routers, k=args.k, capacity_factor=cf, group_size=args.group_size,
+    results = evaluate(logits.to(device), routers, k=args.k, capacity_factor=cf, group_size=args.group_size,
                        repeats=args.repeats, solver=args.solver)
     rows = [m.table_row() for m in results]
     if args.format == "json":
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         first = rows[0]
         title = f"{first['groups']} group(s) x {first['tokens']} tokens, E={first['experts']}, k={first['k']}, C={first['capacity']}"
-        table = Table(title=title)
+        table = Table(title=title + f"; {device}, {torch.get_num_threads()} thread(s)")
         keys = [k for k in TABLE_KEYS if k not in ("groups", "tokens", "experts", "k", "capacity")]
         for key in keys:
             table.add_column(key.replace("_", " "), justify="left" if key == "router" else "right")
