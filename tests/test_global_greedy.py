@@ -70,4 +70,4 @@ def test_half_approximation_and_rounds():
     best = solve_optimum(x.scores, 2, x.capacity, objective="maxweight").objective.sum()
     got = float(route(logits, "global_greedy", k=2).weights.double().sum())
     assert 0.5 * best <= got <= best + 1e-5
-    assert got >= 0.97 * best  # measured 0.13-0.87% from the optimum in the reference note
+    assert got >= 0.97 * best  # a ½-approximation in theory; within about 1% of the optimum on these logits in practice

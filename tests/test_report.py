@@ -45,7 +45,7 @@ CONFIG = """
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     """A real small sweep, plus rows that look like a Sinkhorn iters/eps sweep (copies of gshard rows with
-    maxscore/sinkhorn specs and made-up gaps), since those routers may not exist in this checkout."""
+    maxscore/sinkhorn specs and made-up gaps), so the generated readings can be checked against known values."""
     root = tmp_path_factory.mktemp("results")
     cfg = root / "tiny.toml"
     cfg.write_text(textwrap.dedent(CONFIG))

@@ -1,4 +1,4 @@
-"""The metrics of the reference (§3), written once and used for every router."""
+"""The metrics of docs/metrics.md, written once and used for every router."""
 
 from __future__ import annotations
 

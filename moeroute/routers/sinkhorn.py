@@ -1,6 +1,6 @@
 """S-BASE: Sinkhorn balancing of the logits toward uniform marginals, top-k of the balanced plan, GShard capacity.
 
-The trap for ``k >= 2`` (reference note §2): the balanced plan has row marginal ``1/T`` and no per-cell cap, so it
+The trap for ``k >= 2`` (docs/routing.md, "Transport plans and k > 1"): the balanced plan has row marginal ``1/T`` and no per-cell cap, so it
 balances only *one* unit of mass per token (on average 11-18% of a row's mass sits on its second-best expert).
 Its top-1 is a balanced choice; its second-ranked experts are not balanced, and more iterations do not change
 that. Measured (G=4, T=256, E=16, k=2, cf=1, workload skew seed 1): max/mean load of the rank-0 proposals 1.12,

@@ -1,4 +1,4 @@
-"""Plain Python loop references of the routers' definitions (reference note §2), for small cases.
+"""Plain Python loop references of the routers' definitions (docs/routing.md, docs/routers.md), for small cases.
 
 Readable, slow and independent of the vectorised code: lists and loops over tokens, experts and rounds. Scores
 come in as nested lists ``[T][E]`` of one group; results are nested lists of expert ids (``-1`` = empty slot).

@@ -6,9 +6,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
+from moeroute.core.atomic import atomic_write_text
+from moeroute.core.presentation import fmt
+from moeroute.core.presentation import markdown_table as presentation_table
 from moeroute.experiments.report import figures, reading
 from moeroute.experiments.report.data import (
     load_results,
@@ -35,16 +37,8 @@ TABLE_FORMAT = {  # column -> (header, decimals)
 def markdown_table(table: pd.DataFrame) -> str:
     """A GitHub Markdown table of a summary (router rows), numbers right-aligned."""
     cols = [c for c in TABLE_FORMAT if c in table.columns]
-    head = "| router | " + " | ".join(TABLE_FORMAT[c][0] for c in cols) + " |"
-    rule = "|---|" + "---:|" * len(cols)
-    body = []
-    for router, row in table.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            cells.append("-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{TABLE_FORMAT[c][1]}f}")
-        body.append(f"| `{router}` | " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
+    rows = ([f"`{router}`"] + [fmt(row[c], TABLE_FORMAT[c][1]) for c in cols] for router, row in table.iterrows())
+    return presentation_table(["router", *(TABLE_FORMAT[c][0] for c in cols)], rows)
 
 
 def _bullets(lines: list[str]) -> str:
@@ -97,7 +91,7 @@ def build_report(paths: Sequence["str | Path"], out_dir: "str | Path" = "reports
         flat.insert(0, "workload", workload)
         frames.append(flat)
     if frames:
-        pd.concat(frames, ignore_index=True).to_csv(out / "summary.csv", index=False)
+        atomic_write_text(out / "summary.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
         md += ["All summary tables as CSV: [summary.csv](summary.csv).", ""]
 
     md += ["## Sorted expert-to-capacity load ratios", ""]
@@ -155,5 +149,5 @@ def build_report(paths: Sequence["str | Path"], out_dir: "str | Path" = "reports
         md.append("")
 
     report = out / "REPORT.md"
-    report.write_text("\n".join(md), encoding="utf-8")
+    atomic_write_text(report, "\n".join(md))
     return report

@@ -7,29 +7,15 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: the report is built on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from moeroute.core.presentation import SeriesStyle as Style
+from moeroute.core.presentation import pyplot, save_figure
+from moeroute.experiments.report.data import rows_at, setting_label, sorted_ratios, varying
 
-from moeroute.experiments.report.data import rows_at, setting_label, sorted_ratios, varying  # noqa: E402
-
-MARKERS = "osD^v<>phX*P"
+plt = pyplot()  # headless Agg backend, the project's figure style
 CLIP = 2.0  # y limit of the load-ratio figure
-
-
-class Style:
-    """One colour and marker per router, the same in every figure."""
-
-    def __init__(self, routers: list[str]):
-        cmap = plt.get_cmap("tab20" if len(routers) > 10 else "tab10")
-        self.colors = {r: cmap(i % cmap.N) for i, r in enumerate(routers)}
-        self.markers = {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(routers)}
-
-    def __call__(self, router: str) -> dict:
-        return {"color": self.colors.get(router, "black"), "marker": self.markers.get(router, "o")}
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.4, cols: int = 4) -> tuple:
@@ -55,8 +41,7 @@ def _legend(fig, axes) -> None:
 
 
 def _save(fig, out: Path, name: str) -> str:
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / name)
     return name
 
 
