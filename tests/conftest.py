@@ -23,3 +23,17 @@ def scratch_routers():
     saved = ROUTERS.snapshot()
     yield ROUTERS
     ROUTERS.restore(saved)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches the CLI writes (the `moeroute routers` listing) go to a folder of this test session."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

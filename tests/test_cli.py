@@ -129,3 +129,17 @@ def test_plugin_file_registers_a_router(tmp_path, capsys, scratch_routers):
     assert code == 0
     assert json.loads(out)[0]["router"] == "first_k"
     assert "first_k" in registry.router_names()
+
+
+def test_routers_listing_is_cached_per_code_fingerprint(tmp_path, capsys, monkeypatch):
+    from moeroute.experiments.commands import routers as routers_command
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert run(capsys, "routers", "--plain")[0] == 0
+    (cache,) = (tmp_path / "moeroute").glob("routers-*.json")
+    assert cache.name == f"routers-{routers_command.code_fingerprint()}.json"
+    cache.write_text(json.dumps([["from_the_cache", "a cached row", "", ""]]))
+    assert "from_the_cache" in run(capsys, "routers", "--plain")[1]
+    monkeypatch.setattr(routers_command, "code_fingerprint", lambda: "other-code")  # the code changed
+    out = run(capsys, "routers", "--plain")[1]
+    assert "from_the_cache" not in out and "gshard" in out

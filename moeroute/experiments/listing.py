@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from rich.console import Console
-from rich.table import Table
-
 from moeroute.core.options import options_table
 
 
@@ -23,6 +20,9 @@ def print_listing(
         for name, desc, opts, _ in rows:
             print(f"{name}: {desc}" + (f" [{opts}]" if opts else ""))
         return
+    from rich.console import Console  # only the table needs rich
+    from rich.table import Table
+
     table = Table(title=title, **table_kw)
     for col in columns:
         table.add_column(col, overflow="fold")
