@@ -3,7 +3,6 @@ registered router for the (discrete) assignment and a combine-weight operator fo
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, NamedTuple, Optional
 
 import torch
@@ -12,6 +11,7 @@ from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput, make_input
 from moeroute.core.routing import Routing
 from moeroute.routers import bind_router
+from moeroute.routers.registry import with_common
 from moeroute.weights.schedule import SoftTopkSchedule
 
 
@@ -96,7 +96,7 @@ class MaxScoreRouter(torch.nn.Module):
         flat = logits.reshape(-1, self.num_experts)
         group = self.group_size if self.group_size is not None else hidden.shape[-2]
         x = make_input(flat, self.k, self.capacity_factor, group)
-        bound = replace(self.bound, common=replace(self.bound.common, temperature=self.schedule.temperature))
+        bound = with_common(self.bound, temperature=self.schedule.temperature)
         routing = bound(x)
         width = routing.experts.shape[-1]
         experts = routing.experts.reshape(*lead, width)

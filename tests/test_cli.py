@@ -143,3 +143,12 @@ def test_routers_listing_is_cached_per_code_fingerprint(tmp_path, capsys, monkey
     monkeypatch.setattr(routers_command, "code_fingerprint", lambda: "other-code")  # the code changed
     out = run(capsys, "routers", "--plain")[1]
     assert "from_the_cache" not in out and "gshard" in out
+
+
+def test_train_on_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(capsys, "train", "configs/ablation.toml", "--quick", "--device", "cuda", "--output", str(tmp_path))
+    assert code == 2 and err.strip().count("\n") == 0 and "CUDA is not available" in err

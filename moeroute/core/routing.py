@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
@@ -94,9 +94,6 @@ class Routing:
     def experts_per_token(self) -> torch.Tensor:
         """Long ``[G, T]``: how many experts each token got."""
         return self.assigned().sum(dim=2)
-
-    def with_weights(self, weights: torch.Tensor) -> "Routing":
-        return replace(self, weights=weights)
 
     def check(self) -> None:
         """Raise :class:`RoutingInvariantError` unless ids are in range, no token holds an expert twice, no token
