@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,5 +151,6 @@ def test_train_on_cuda_without_cuda_is_one_line(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code, _, err = run(capsys, "train", "configs/ablation.toml", "--quick", "--device", "cuda", "--output", str(tmp_path))
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "ablation.toml")
+    code, _, err = run(capsys, "train", config, "--quick", "--device", "cuda", "--output", str(tmp_path))
     assert code == 2 and err.strip().count("\n") == 0 and "CUDA is not available" in err
