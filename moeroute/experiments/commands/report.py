@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 NAME = "report"
-HELP = "write reports/REPORT.md (summary tables, figures, generated readings) from sweep results"
+HELP = "write results/report/REPORT.md (summary tables, figures, generated readings) from sweep results"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="*", metavar="RESULTS", help="results CSVs (default: every results/*.csv)")
-    p.add_argument("--out", default="reports", metavar="DIR", help="output folder (default reports/)")
+    p.add_argument("--out", default="results/report", metavar="DIR",
+                   help="output folder (default results/report/, beside the results and ignored by git; the committed "
+                        "example report in reports/ is written with --out reports)")
 
 
 def run(args: argparse.Namespace) -> int:
