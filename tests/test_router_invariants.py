@@ -1,20 +1,18 @@
-"""Every registered router (iterated from ``router_names()``, so routers added later are covered too) on random
-cases across shapes, k, capacity factors (0.5..2 and none), ties and extreme logits (±50):
+"""Every registered router (iterated from ``router_names()``, each with the non-default specs it declares as
+``examples``, so routers added later are covered too) on random cases across shapes, k, capacity factors
+(0.5..2 and none), ties and extreme logits (±50):
 
-- the routing passes ``Routing.check()``: no token gets an expert twice, no expert exceeds C, ids in range;
-- the drop rates are in [0, 1];
-- ``exact`` reaches the MCMF optimum (zero gap);
-- every router whose routing is feasible (no token over k, no expert over C; Expert Choice and dropless may not
-  be) scores at most the max-weight optimum;
-- the MCMF optimum scores at least every router that fills as many slots.
-
-A router that refuses a case must have its documented precondition in :data:`PRECONDITIONS`; any other
-``MoeRouteError`` fails the test.
+- a router refuses a case exactly when its declared ``requires`` says so (one-line ``MoeRouteError``);
+- the routing passes ``Routing.check()``: no token gets an expert twice, no expert exceeds C (unless the router
+  declared ``capacity="ignored"``), no token exceeds k (unless ``experts_per_token="any"``), ids in range;
+- drop rates and balance metrics are in range; combine weights are finite and zero on empty slots;
+- ``exact`` reaches the MCMF optimum of the scores it selects by (zero gap), whatever the score function;
+- every router whose routing is feasible scores at most the max-weight optimum of its own scores;
+- the MCMF optimum scores at least every router that fills as many slots;
+- a stateful router accepts the state it returned, and its ``step_update`` returns a state of the same keys.
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import pytest
 import torch
@@ -23,32 +21,17 @@ from hypothesis import strategies as st
 
 from moeroute import MoeRouteError, router_names
 from moeroute.core.metrics import routing_metrics
-from moeroute.core.problem import RouterInput, make_input
-from moeroute.evaluation import optima
-from moeroute.routers import bind_router
-
-PRECONDITIONS: dict[str, Callable[[RouterInput], bool]] = {
-    "base": lambda x: x.k == 1 and x.tokens % x.experts == 0
-    and (x.capacity is None or x.capacity >= x.tokens // x.experts),
-    "expert_choice": lambda x: x.capacity is not None,
-}
-"""Router name -> whether a case meets the router's documented preconditions (the router raises otherwise)."""
-
-EXTRA_SPECS = {
-    "gshard": ["gshard:drop_policy=probs"],
-    "reroute": ["reroute:variant=second"],
-    "sinkhorn": ["sinkhorn:eps=0.1,iters=20"],
-    "base": ["base:solver=auction"],
-    "aux_free": ["aux_free:rate=0.05"],
-}
-"""Non-default options worth covering too (only for routers that are registered)."""
+from moeroute.core.problem import make_input
+from moeroute.evaluation import Optima
+from moeroute.routers import bind_router, router_entry
 
 
 def all_specs() -> list[str]:
+    """Every router by name, plus the specs with non-default options it declares (``examples``)."""
     specs = []
     for name in router_names():
         specs.append(name)
-        specs.extend(EXTRA_SPECS.get(name, []))
+        specs.extend(router_entry(name).examples)
     return specs
 
 
@@ -62,9 +45,15 @@ def logits_strategy(kind: str, g: int, t: int, e: int, seed: int) -> torch.Tenso
     return (torch.randint(-1, 2, (g, t, e), generator=gen) * 50).float()
 
 
-def accepts(name: str, x: RouterInput) -> bool:
-    rule = PRECONDITIONS.get(name)
-    return rule is None or rule(x)
+def _check_metrics(x, routing):
+    m = routing_metrics(x, routing, ep_ranks=1)
+    for rate in (m.slot_drop_rate, m.token_drop_rate, m.over_k_rate, m.selection_drop_rate):
+        assert 0.0 <= rate <= 1.0
+    if m.second_choice_drop_rate is not None:
+        assert 0.0 <= m.second_choice_drop_rate <= 1.0
+    assert m.max_vio >= 0 and m.max_vio_global >= 0 and 0.0 <= m.gini < 1.0
+    assert m.ep_rank_tokens == [int(routing.assigned().sum())]
+    return m
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -81,46 +70,59 @@ def test_every_router_obeys_the_invariants(g, t, e, k, cf, kind, seed):
     k = min(k, e)
     logits = logits_strategy(kind, g, t, e, seed)
     x = make_input(logits, k, cf)
-    mcmf, maxweight = optima(x)
+    optimum = Optima(x)
     slack = 1e-6 * g * t * k + 1e-9  # the solvers optimise integer costs round(S * 1e6)
     for spec in all_specs():
-        name = spec.partition(":")[0]
         bound = bind_router(spec)
-        try:
-            routing = bound(x)
-        except MoeRouteError:
-            if accepts(name, x):
-                raise
+        xr = bound.input_for(x)
+        if bound.entry.refusal(xr, bound.options):
+            with pytest.raises(MoeRouteError):
+                bound(x)
             continue
-        assert accepts(name, x), f"{spec} accepted a case its precondition refuses"
+        routing = bound(x)
         routing.check()
+        assert routing.score == xr.score == bound.score
         assert routing.experts.shape[:2] == (g, t)
-        if routing.weights is not None:
-            assert torch.isfinite(routing.weights).all()
-            assert (routing.weights[routing.experts < 0] == 0).all()
-        m = routing_metrics(x, routing)
-        for rate in (m.slot_drop_rate, m.token_drop_rate, m.over_k_rate):
-            assert 0.0 <= rate <= 1.0
-        if m.second_choice_drop_rate is not None:
-            assert 0.0 <= m.second_choice_drop_rate <= 1.0
-        if x.capacity is not None and routing.capacity is not None:
+        assert torch.isfinite(routing.weights).all(), spec
+        assert (routing.weights[routing.experts < 0] == 0).all(), spec
+        m = _check_metrics(xr, routing)
+        if x.capacity is not None and bound.entry.capacity == "enforced":
             assert int(routing.load().max()) <= x.capacity
         over_k = bool((routing.experts_per_token() > k).any())
         over_c = x.capacity is not None and int(routing.load().max()) > x.capacity
         if over_k or over_c:
             continue  # outside the problem (Expert Choice over k, dropless ignoring C): the optima do not bound it
+        mcmf, maxweight = optimum.get(xr.score)
         assert m.objective <= float(maxweight.objective.sum()) + slack, spec
         filled = int(routing.assigned().sum())
         assert filled <= int(mcmf.flow.sum())
         if filled == int(mcmf.flow.sum()):
             assert m.objective <= float(mcmf.objective.sum()) + slack, spec
-        if spec == "exact":
+        if bound.entry.name == "exact":
             assert filled == int(mcmf.flow.sum())
             assert m.objective == pytest.approx(float(mcmf.objective.sum()), abs=slack)
 
 
+def _identity(tensor, op):
+    return tensor
+
+
+@pytest.mark.parametrize("spec", [s for s in all_specs() if router_entry(s.partition(":")[0]).step_update])
+def test_stateful_routers_take_their_own_state_back(spec):
+    bound = bind_router(spec)
+    x = make_input(logits_strategy("gauss", 3, 16, 4, 7), 2, 1.0)
+    first = bound(x)
+    assert first.state, spec
+    second = bound(x.with_state(first.state))
+    second.check()
+    stepped = bound.entry.step_update(second.state, _identity, bound.options)
+    assert set(stepped) == set(second.state)
+    bound(x.with_state(stepped)).check()
+
+
 def test_every_registered_router_is_covered():
     names = router_names()
-    for name in ("gshard", "dropless", "exact", "reroute", "sinkhorn", "base", "expert_choice", "global_greedy", "aux_free"):
+    for name in ("gshard", "dropless", "exact", "reroute", "sinkhorn", "base", "expert_choice", "global_greedy",
+                 "aux_free", "maxscore", "qb", "top_p"):
         assert name in names
-    assert set(PRECONDITIONS) <= set(names)
+    assert len(all_specs()) > len(names)

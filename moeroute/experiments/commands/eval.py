@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per router (default 5)")
     p.add_argument("--solver", default=DEFAULT_SOLVER,
                    help=f"exact solver for the optimum: {', '.join(SOLVERS)} (default {DEFAULT_SOLVER})")
+    p.add_argument("--ep-ranks", type=int, metavar="R",
+                   help="expert-parallel view: experts placed contiguously on R ranks, each group one sending rank")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
 
@@ -58,6 +60,8 @@ def _fmt(key: str, value: Any) -> str:
         return "-"
     if key.endswith("rate") or key == "gap":
         return f"{100 * value:.2f}%"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value)
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         logits = synthetic_logits(args.synthetic, args.groups, args.tokens, args.experts, args.seed)
     routers = args.router or ["gshard", "dropless", "exact"]
     results = evaluate(logits, routers, k=args.k, capacity_factor=cf, group_size=args.group_size,
-                       repeats=args.repeats, solver=args.solver)
+                       repeats=args.repeats, solver=args.solver, ep_ranks=args.ep_ranks)
     rows = [m.table_row() for m in results]
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
@@ -86,10 +90,17 @@ def run(args: argparse.Namespace) -> int:
         first = rows[0]
         title = f"{first['groups']} group(s) x {first['tokens']} tokens, E={first['experts']}, k={first['k']}, C={first['capacity']}"
         table = Table(title=title)
-        keys = [k for k in TABLE_KEYS if k not in ("groups", "tokens", "experts", "k", "capacity")]
+        shared = ("groups", "tokens", "experts", "k", "capacity", "ep_ranks", "ep_rank_tokens")
+        # Columns no router filled (the expert-parallel view without --ep-ranks) are left out of the table.
+        keys = [k for k in TABLE_KEYS if k not in shared and any(row[k] is not None for row in rows)]
+        if args.ep_ranks:
+            title += f", {args.ep_ranks} EP ranks"
         for key in keys:
-            table.add_column(key.replace("_", " "), justify="left" if key == "router" else "right")
+            if key == "router":
+                table.add_column("router", justify="left", overflow="fold", min_width=24)
+            else:
+                table.add_column(key.replace("_", " "), justify="right")
         for row in rows:
             table.add_row(*(_fmt(key, row[key]) for key in keys))
-        Console(width=200).print(table)
+        Console(width=260).print(table)
     return 0
