@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import seeded_logits
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference.loops import aux_free_loop, gshard_loop
 
 from moeroute import MoeRouteError, evaluate, route
@@ -69,17 +71,13 @@ def test_balances_a_skewed_stream():
 # ---------------------------------------------------------------- mode=megatron (Megatron-Core's expert bias)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_megatron_mode_matches_the_stream_loop(seed):
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(2, 24), e=st.integers(2, 8), k=st.integers(1, 3), cf=st.sampled_from([0.5, 0.75, 1.0, None]),
+       every=st.integers(0, 3), policy=st.sampled_from(["probs", "position"]), seed=st.integers(0, 10_000))
+def test_megatron_mode_matches_the_stream_loop(t, e, k, cf, every, policy, seed):
     from reference.production import expert_bias_stream_loop
 
-    gen = torch.Generator().manual_seed(seed)
-    t = int(torch.randint(4, 24, (1,), generator=gen))
-    e = int(torch.randint(3, 8, (1,), generator=gen))
-    k = int(torch.randint(1, min(e, 3) + 1, (1,), generator=gen))
-    cf = [0.75, 1.0, None][seed % 3]
-    every = [1, 2, 3][seed % 3]
-    policy = ["probs", "position"][seed % 2]
+    k = min(k, e)
     logits = seeded_logits(6, t, e, seed=seed, skew=1.0)
     x = make_input(logits, k, cf)
     r = route(logits, f"aux_free:mode=megatron,score=sigmoid,rate=0.05,update_every={every},drop_policy={policy}",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import seeded_logits
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from reference.production import qb_loop
 
 from moeroute import MoeRouteError, evaluate, route
@@ -13,32 +15,29 @@ from moeroute.core.problem import make_input
 from moeroute.routers import bind_router
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_matches_the_loop(seed):
-    gen = torch.Generator().manual_seed(seed)
-    t = int(torch.randint(4, 24, (1,), generator=gen))
-    e = int(torch.randint(3, 8, (1,), generator=gen))
-    k = int(torch.randint(1, e, (1,), generator=gen))
-    iters = [0, 0, 2, 5][seed % 4]
-    ema = [0.0, 0.5][seed % 2]
-    every = [1, 2, 3][seed % 3]
-    select = ["logits", "scores"][seed % 2]
+@settings(max_examples=40, deadline=None)
+@given(t=st.integers(2, 20), e=st.integers(2, 8), k=st.integers(1, 4), iters=st.sampled_from([0, 0, 1, 3]),
+       ema=st.sampled_from([0.0, 0.5]), every=st.integers(0, 3), select=st.sampled_from(["logits", "scores"]),
+       seed=st.integers(0, 10_000))
+def test_matches_the_loop(t, e, k, iters, ema, every, select, seed):
+    k = min(k, e - 1)
     logits = seeded_logits(5, t, e, seed=seed, skew=1.0)
     x = make_input(logits, k, None)
     spec = f"qb:iters={iters},ema={ema},update_every={every},select={select}"
     r = route(logits, spec, k=k, capacity_factor=None)
     s = (x.logits if select == "logits" else x.scores).numpy()
     routed, beta = qb_loop(s, k, iters, ema, every)
-    # QB makes exact ties by construction (the token that sets beta_e scores alpha on e), and torch.topk orders
-    # tied values its own way: compare each token's set, and where the k-th and (k+1)-th values tie, that the
-    # router's choice is a valid top-k of the same values.
+    # QB makes ties by construction (the token that sets beta_e scores alpha on e): torch.topk orders exactly tied
+    # values its own way, and the loop's float32 mean (numpy's pairwise sum) may differ from torch's in the last
+    # bit, which can flip a near tie. So: each token's set, and where the sets differ, a (near) tie at the k-th
+    # place and a valid top-k of the router's own values.
     shifted = torch.from_numpy(s) - r.meta["beta"].unsqueeze(1)
     for g in range(5):
         for tok in range(t):
             ours, loop = sorted(r.selected[g, tok].tolist()), sorted(routed[g][tok])
             if ours != loop:
                 values = shifted[g, tok].sort(descending=True).values
-                assert values[k - 1] == values[k]
+                assert float(values[k - 1] - values[k]) <= 1e-5
                 assert shifted[g, tok, ours].min() >= values[k]
     assert torch.allclose(r.state["beta"], torch.from_numpy(beta), atol=1e-6)
 
