@@ -13,6 +13,16 @@ EMPTY = -1
 """Expert id of an empty (dropped or unused) slot."""
 
 
+def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Long ``[G, E]``: how many entries of ``experts`` ``[G, ...]`` name each expert (``-1`` ignored)."""
+    g = experts.shape[0]
+    flat = experts.reshape(g, -1)
+    idx = torch.where(flat < 0, torch.full_like(flat, num_experts), flat)
+    out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
+    out.scatter_add_(1, idx, torch.ones_like(idx))
+    return out[:, :num_experts]
+
+
 @dataclass
 class Slots:
     """What a router returns: ``experts`` long ``[G, T, R]`` (expert of each token's rank-``r`` slot, ``-1`` when
@@ -106,13 +116,7 @@ class Routing:
 
     def selected_load(self) -> torch.Tensor:
         """Long ``[G, E]``: how many tokens selected each expert, before any capacity was applied."""
-        sel = self.selection()
-        g = sel.shape[0]
-        flat = sel.reshape(g, -1)
-        idx = torch.where(flat < 0, torch.full_like(flat, self.num_experts), flat)
-        out = torch.zeros(g, self.num_experts + 1, dtype=torch.long, device=sel.device)
-        out.scatter_add_(1, idx, torch.ones_like(idx))
-        return out[:, : self.num_experts]
+        return expert_load(self.selection(), self.num_experts)
 
     def experts_per_token(self) -> torch.Tensor:
         """Long ``[G, T]``: how many experts each token got."""

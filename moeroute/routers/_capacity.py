@@ -10,7 +10,9 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.core.routing import EMPTY
+from moeroute.core.routing import EMPTY, expert_load
+
+__all__ = ["apply_capacity", "expert_load", "keep_within_capacity", "queue_positions", "rank_major", "token_major"]
 
 
 def _queue_positions_numpy(ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -101,16 +103,6 @@ def keep_within_capacity(
     if used is not None:
         pos = pos + torch.gather(used, 1, proposals.clamp(min=0))
     return real & (pos < capacity)
-
-
-def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Long ``[G, E]``: how many entries of ``experts`` ``[G, ...]`` name each expert (``-1`` ignored)."""
-    g = experts.shape[0]
-    flat = experts.reshape(g, -1)
-    idx = torch.where(flat < 0, torch.full_like(flat, num_experts), flat)
-    out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
-    out.scatter_add_(1, idx, torch.ones_like(idx))
-    return out[:, :num_experts]
 
 
 def rank_major(x: torch.Tensor) -> torch.Tensor:
