@@ -154,3 +154,23 @@ def test_train_on_cuda_without_cuda_is_one_line(tmp_path, capsys):
     config = str(Path(__file__).resolve().parents[1] / "configs" / "ablation.toml")
     code, _, err = run(capsys, "train", config, "--quick", "--device", "cuda", "--output", str(tmp_path))
     assert code == 2 and err.strip().count("\n") == 0 and "CUDA is not available" in err
+
+
+def test_eval_takes_score_options_and_the_ep_view(capsys):
+    code, out, _ = run(capsys, "eval", "--synthetic", "force_biased:std=1", "--tokens", "64", "--experts", "8",
+                       "--groups", "2", "--router", "gshard:score=sigmoid,groups=4,group_topk=2,scaling=2.5",
+                       "--router", "qb:iters=2", "--router", "top_p:p=0.5", "--ep-ranks", "4", "--format", "json",
+                       "--repeats", "1")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["score"] for r in rows] == ["sigmoid", "softmax", "softmax"]
+    assert all(r["ep_ranks"] == 4 and len(r["ep_rank_tokens"]) == 4 and r["max_vio"] >= 0 for r in rows)
+    code, out, _ = run(capsys, "eval", "--synthetic", "gauss", "--tokens", "64", "--experts", "8", "--router", "qb",
+                       "--ep-ranks", "4", "--repeats", "1")
+    assert code == 0 and "ep max over mean" in out and "max vio" in out
+
+
+def test_eval_refuses_a_score_for_a_router_without_one(capsys):
+    code, _, err = run(capsys, "eval", "--synthetic", "gauss", "--tokens", "16", "--experts", "4",
+                       "--router", "sinkhorn:score=sigmoid")
+    assert code == 2 and "takes no score=" in err and len(err.strip().splitlines()) == 1

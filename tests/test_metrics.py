@@ -57,3 +57,51 @@ def test_evaluate_accepts_routings_and_lists():
     assert all(x.latency_ms > 0 and 1 <= x.latency_calls <= 2 for x in ms)
     assert ms[0].gap == pytest.approx((ms[0].optimum - ms[0].objective) / ms[0].optimum)
     assert not math.isnan(ms[0].maxweight_optimum)
+
+
+def test_balance_of_the_selection_golden():
+    # gshard's selection before capacity: loads e0=4, e1=3, e2=1 (mean 8/3); kept loads 2, 2, 1.
+    x = make_input(GOLDEN, 2, 0.75)
+    r = route(GOLDEN, "gshard", k=2, capacity_factor=0.75)
+    m = routing_metrics(x, r, ep_ranks=3)
+    assert m.max_vio == pytest.approx(4 / (8 / 3) - 1)
+    assert m.max_vio_global == pytest.approx(m.max_vio)
+    # Gini: pairwise |differences| of (4, 3, 1) summed over ordered pairs = 2 * (1 + 3 + 2) = 12; / (2 * 9 * 8/3).
+    assert m.gini == pytest.approx(12 / (2 * 9 * 8 / 3))
+    assert m.selection_drop_rate == pytest.approx(3 / 8)
+    assert m.mean_experts_per_token == pytest.approx(5 / 4)
+    assert m.ep_rank_tokens == [2, 2, 1] and m.ep_max_over_mean == pytest.approx(2 / (5 / 3))
+    assert m.score == "softmax"
+
+
+def test_balanced_and_collapsed_loads():
+    from moeroute.core.metrics import gini, max_violation
+
+    assert float(max_violation(torch.tensor([3, 3, 3]))) == 0.0 and float(gini(torch.tensor([3, 3, 3]))) == 0.0
+    assert float(max_violation(torch.tensor([6, 0, 0]))) == pytest.approx(2.0)
+    assert float(gini(torch.tensor([6, 0, 0]))) == pytest.approx(1 - 1 / 3)
+    assert float(max_violation(torch.tensor([0, 0]))) == 0.0
+
+
+def test_ep_view_sums_groups_per_rank_and_refuses_bad_rank_counts():
+    logits = torch.randn(4, 32, 8, generator=torch.Generator().manual_seed(0))
+    m = evaluate(logits, "dropless", k=2, capacity_factor=None, repeats=1, ep_ranks=2, optimum=False)
+    r = route(logits, "dropless", k=2, capacity_factor=None)
+    load = r.load().sum(dim=0)
+    assert m.ep_rank_tokens == [int(load[:4].sum()), int(load[4:].sum())]
+    assert sum(m.ep_rank_tokens) == 4 * 32 * 2
+    from moeroute import MoeRouteError
+
+    with pytest.raises(MoeRouteError, match="divide the E=8"):
+        evaluate(logits, "dropless", k=2, ep_ranks=3)
+
+
+def test_a_routing_measured_on_other_scores_gets_its_own_optimum():
+    from moeroute.evaluation import measure, optima
+
+    logits = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(1))
+    x = make_input(logits, 2, 1.0)
+    mcmf, mw = optima(x)  # softmax optima, as a sweep solves them
+    m = measure(x, "exact:score=sigmoid", mcmf, mw, repeats=1)
+    assert m.score == "sigmoid" and m.gap == pytest.approx(0.0, abs=1e-7)
+    assert m.optimum != pytest.approx(float(mcmf.objective.sum()))

@@ -16,7 +16,7 @@ from moeroute.workloads import (
     workload_names,
 )
 
-FAMILIES = ["gauss", "skew", "zipf", "hot", "clustered", "rotating", "collapse", "ties"]
+FAMILIES = ["gauss", "skew", "zipf", "hot", "clustered", "rotating", "collapse", "ties", "force_biased"]
 
 
 def test_every_family_is_registered_and_documented():
@@ -134,3 +134,14 @@ def test_workloads_command_lists_every_family(capsys):
     assert main(["workloads", "--plain"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}:" in out for name in FAMILIES) and "captured:PATH[:KEY]" in out
+
+
+def test_force_biased_shares_one_bias_across_groups():
+    a = synthetic_logits("force_biased:std=2", 4, 2048, 8, seed=3)
+    per_group = a.mean(dim=1)  # [G, E]: N(0,1) noise averages out, the shared bias stays
+    assert torch.allclose(per_group, per_group[0].expand_as(per_group), atol=0.1)
+    assert 0.5 < float(per_group[0].std()) < 4.0
+    flat = synthetic_logits("force_biased:std=0", 2, 2048, 8, seed=3)
+    assert float(flat.mean(dim=(0, 1)).abs().max()) < 0.1 and float(flat.std()) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(MoeRouteError, match="std"):
+        synthetic_logits("force_biased:std=-1", 1, 8, 4)

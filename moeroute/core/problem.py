@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -66,9 +66,36 @@ def as_groups(logits: Any, group_size: Optional[int] = None) -> torch.Tensor:
     return x.float()
 
 
+def _sqrt_softplus(logits: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.softplus(logits).sqrt()
+
+
+SCORE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: logits.softmax(dim=-1),
+    "sigmoid": torch.sigmoid,
+    "sqrt_softplus": _sqrt_softplus,
+}
+"""The score functions a router can select by, from logits ``[..., E]`` (float32 in, float32 out): ``softmax``
+over the experts (GShard, Mixtral, Qwen), ``sigmoid`` per expert (DeepSeek-V3), ``sqrt_softplus``
+``sqrt(log(1 + e^L))`` per expert (DeepSeek-V4). The same formulas as Megatron-Core's
+``topk_routing_with_score_function`` (docs/routers.md)."""
+
+
+def score_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The score function called ``name``, or a one-line :class:`MoeRouteError` naming the known ones."""
+    fn = SCORE_FUNCTIONS.get(name)
+    if fn is None:
+        raise MoeRouteError(f"unknown score function {name!r} (known: {', '.join(SCORE_FUNCTIONS)})")
+    return fn
+
+
 @dataclass(frozen=True)
 class RouterInput:
-    """What a router receives: logits and softmax scores ``[G, T, E]``, ``k`` and the capacity ``C`` (or None).
+    """What a router receives: logits and scores ``[G, T, E]``, ``k`` and the capacity ``C`` (or None).
+
+    ``scores`` are ``score_fn(logits)`` for the score function named ``score`` (softmax unless the router's spec
+    says ``score=sigmoid`` or ``score=sqrt_softplus``: the framework re-derives the input for such a router, see
+    :meth:`with_score`). Whatever a router selects by is what its objective, the exact optimum and the gap use.
 
     ``state`` is what a router carries between calls (e.g. ``{"bias": [E]}`` of aux-loss-free balancing, expert
     ``prices`` of a dual method), handed in explicitly by the caller: empty means a cold start. A router returns
@@ -81,6 +108,7 @@ class RouterInput:
     capacity: Optional[int]
     capacity_factor: Optional[float]
     state: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    score: str = "softmax"
 
     @property
     def groups(self) -> int:
@@ -94,6 +122,16 @@ class RouterInput:
     def experts(self) -> int:
         return self.logits.shape[2]
 
+    def with_score(self, score: str) -> "RouterInput":
+        """This input with the scores of score function ``score`` (``self`` when it already has them)."""
+        if score == self.score:
+            return self
+        return replace(self, scores=score_function(score)(self.logits), score=score)
+
+    def with_state(self, state: Optional[Mapping[str, torch.Tensor]]) -> "RouterInput":
+        """This input with a router state handed in (``None``: a cold start)."""
+        return replace(self, state=dict(state or {}))
+
 
 def make_input(
     logits: Any,
@@ -101,8 +139,10 @@ def make_input(
     capacity_factor: Optional[float],
     group_size: Optional[int] = None,
     state: Optional[Mapping[str, torch.Tensor]] = None,
+    score: str = "softmax",
 ) -> RouterInput:
-    """Validate everything a router needs and compute the scores ``softmax(L)`` once."""
+    """Validate everything a router needs and compute the scores ``score_fn(L)`` once (softmax by default; see
+    :data:`SCORE_FUNCTIONS`)."""
     x = as_groups(logits, group_size)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise MoeRouteError(f"k must be an integer >= 1, got {k!r}")
@@ -111,6 +151,6 @@ def make_input(
         raise MoeRouteError(f"k={k} is larger than the number of experts E={e}")
     cap = expert_capacity(capacity_factor, int(k), x.shape[1], e)
     return RouterInput(
-        logits=x, scores=x.softmax(dim=-1), k=int(k), capacity=cap, capacity_factor=capacity_factor,
-        state=dict(state or {}),
+        logits=x, scores=score_function(score)(x), k=int(k), capacity=cap, capacity_factor=capacity_factor,
+        state=dict(state or {}), score=score,
     )

@@ -13,18 +13,32 @@ EMPTY = -1
 """Expert id of an empty (dropped or unused) slot."""
 
 
+def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Long ``[G, E]``: how many entries of ``experts`` ``[G, ...]`` name each expert (``-1`` ignored)."""
+    g = experts.shape[0]
+    flat = experts.reshape(g, -1)
+    idx = torch.where(flat < 0, torch.full_like(flat, num_experts), flat)
+    out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
+    out.scatter_add_(1, idx, torch.ones_like(idx))
+    return out[:, :num_experts]
+
+
 @dataclass
 class Slots:
     """What a router returns: ``experts`` long ``[G, T, R]`` (expert of each token's rank-``r`` slot, ``-1`` when
-    empty), optional combine ``weights`` ``[G, T, R]`` (``None``: the spec's weight operator computes them), and
-    ``meta`` (diagnostics such as iterations or rounds; numbers and strings reach result tables), and ``state``:
-    what a next call should receive as :attr:`RouterInput.state` (e.g. the bias after the last group). The framework
-    turns it into a :class:`Routing` with the problem's own ``k`` and capacity."""
+    empty), optional combine ``weights`` ``[G, T, R]`` (``None``: the spec's weight operator computes them; a
+    router's own weights are used while the spec keeps the default ``weights=softmax`` without ``renormalize``),
+    ``meta`` (diagnostics such as iterations or rounds; numbers and strings reach result tables), ``state``: what a
+    next call should receive as :attr:`RouterInput.state` (e.g. the bias after the last group), and ``selected``:
+    long ``[G, T, R']``, what the router chose *before* a capacity rule dropped anything (``None``: the router has no
+    separate selection, its slots are what it chose; see docs/metrics.md). The framework turns it into a
+    :class:`Routing` with the problem's own ``k`` and capacity."""
 
     experts: torch.Tensor
     weights: Optional[torch.Tensor] = None
     meta: dict[str, Any] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    selected: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -35,7 +49,9 @@ class Routing:
     ``experts[g, t, r]`` is the expert of token ``t``'s rank-``r`` slot (``r = 0`` the first choice) or ``-1`` when
     that slot was dropped. ``R`` is usually ``k``; routers where a token may get more than ``k`` experts (Expert
     Choice) use a wider ``R`` and set ``max_per_token=None``. ``weights`` ``[G, T, R]`` are the combine weights,
-    zero on empty slots.
+    zero on empty slots. ``selected`` (long ``[G, T, R']`` or ``None``) is what the router chose before capacity
+    dropped anything (``None``: the same as ``experts``); ``score`` names the score function of the scores the
+    router selected by (softmax, sigmoid, sqrt_softplus).
     """
 
     experts: torch.Tensor
@@ -47,6 +63,8 @@ class Routing:
     max_per_token: Optional[int] = None
     meta: dict[str, Any] = field(default_factory=dict)
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    selected: Optional[torch.Tensor] = None
+    score: str = "softmax"
 
     @property
     def groups(self) -> int:
@@ -91,6 +109,15 @@ class Routing:
         """Long ``[G, E]``: tokens each expert received in each group."""
         return self.dispatch_mask().sum(dim=1)
 
+    def selection(self) -> torch.Tensor:
+        """Long ``[G, T, R']``: what the router chose before any capacity (``experts`` when it reports nothing
+        separate)."""
+        return self.experts if self.selected is None else self.selected
+
+    def selected_load(self) -> torch.Tensor:
+        """Long ``[G, E]``: how many tokens selected each expert, before any capacity was applied."""
+        return expert_load(self.selection(), self.num_experts)
+
     def experts_per_token(self) -> torch.Tensor:
         """Long ``[G, T]``: how many experts each token got."""
         return self.assigned().sum(dim=2)
@@ -115,6 +142,12 @@ class Routing:
                 raise RoutingInvariantError(f"{self.router}: an expert took {worst} tokens, capacity is {self.capacity}")
         if self.weights is not None and self.weights.shape != ex.shape:
             raise RoutingInvariantError(f"{self.router}: weights shape {tuple(self.weights.shape)} != {tuple(ex.shape)}")
+        sel = self.selected
+        if sel is not None:
+            if sel.dim() != 3 or sel.dtype != torch.long or tuple(sel.shape[:2]) != tuple(ex.shape[:2]):
+                raise RoutingInvariantError(f"{self.router}: selected must be a long [G, T, R'] tensor like the slots")
+            if bool(((sel < EMPTY) | (sel >= self.num_experts)).any()):
+                raise RoutingInvariantError(f"{self.router}: selected expert id out of range [-1, {self.num_experts})")
 
 
 def gather_scores(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:

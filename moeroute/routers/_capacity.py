@@ -8,8 +8,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
-from moeroute.core.routing import EMPTY
+from moeroute.core.routing import EMPTY, expert_load
+
+__all__ = ["apply_capacity", "expert_load", "keep_within_capacity", "queue_positions", "rank_major", "token_major"]
 
 
 def _queue_positions_numpy(ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -102,16 +105,6 @@ def keep_within_capacity(
     return real & (pos < capacity)
 
 
-def expert_load(experts: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Long ``[G, E]``: how many entries of ``experts`` ``[G, ...]`` name each expert (``-1`` ignored)."""
-    g = experts.shape[0]
-    flat = experts.reshape(g, -1)
-    idx = torch.where(flat < 0, torch.full_like(flat, num_experts), flat)
-    out = torch.zeros(g, num_experts + 1, dtype=torch.long, device=experts.device)
-    out.scatter_add_(1, idx, torch.ones_like(idx))
-    return out[:, :num_experts]
-
-
 def rank_major(x: torch.Tensor) -> torch.Tensor:
     """``[G, T, R] -> [G, R*T]`` so that all rank-0 entries come first, in token order, then rank 1, ..."""
     return x.transpose(1, 2).reshape(x.shape[0], -1)
@@ -122,13 +115,40 @@ def token_major(x: torch.Tensor, tokens: int) -> torch.Tensor:
     return x.reshape(x.shape[0], -1, tokens).transpose(1, 2)
 
 
-def apply_capacity(x: RouterInput, preferred: torch.Tensor, drop_policy: str = "position") -> torch.Tensor:
+def apply_capacity(
+    x: RouterInput,
+    preferred: torch.Tensor,
+    drop_policy: str = "position",
+    order: str = "rank",
+    priority: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """The project's capacity rule applied to ranked proposals: ``preferred`` long ``[G, T, R]`` (each token's
     experts, best first; ``-1`` = no proposal) comes back with the slots that do not fit ``x.capacity`` set to
-    ``-1``. ``drop_policy="position"``: first come, in token order, every rank-0 proposal of the group before any
-    rank-1 one (DeepSpeed ``top2gating``); ``"probs"``: per expert the highest ``x.scores`` are kept. Without a
-    capacity (``x.capacity is None``) nothing is dropped. This is the helper a plugin router builds on."""
-    proposals = rank_major(preferred)
-    priority = rank_major(torch.gather(x.scores, 2, preferred)) if drop_policy == "probs" else None
-    keep = keep_within_capacity(proposals, x.capacity, x.experts, priority)
-    return torch.where(token_major(keep, x.tokens), preferred, torch.full_like(preferred, EMPTY))
+    ``-1``. Without a capacity (``x.capacity is None``) nothing is dropped. This is the helper a plugin router
+    builds on.
+
+    ``drop_policy="position"``: first come, first served, in the proposal order ``order``:
+    ``"rank"`` -- every rank-0 proposal of the group in token order, then every rank-1 proposal, ... (DeepSpeed
+    ``top2gating``); ``"token"`` -- token by token, each token's proposals together (DeepSpeed ``topkgating``).
+    ``drop_policy="probs"``: per expert the highest ``priority`` ``[G, T, R]`` are kept (default: the scores of
+    the proposals, ``x.scores``; the top-k routers pass their Megatron-Core probs), equal priorities in the proposal
+    order ``order``. Megatron-Core's ``position`` policy has no equivalent: it keeps the subset ``torch.topk``
+    picks among equal 0/1 entries (docs/routers.md)."""
+    if drop_policy not in ("position", "probs"):
+        raise MoeRouteError(f"drop_policy must be 'position' or 'probs', got {drop_policy!r}")
+    if order not in ("rank", "token"):
+        raise MoeRouteError(f"order must be 'rank' or 'token', got {order!r}")
+    if x.capacity is None:
+        return preferred
+    g, t, r = preferred.shape
+    if order == "rank":
+        flat, unflat = rank_major, lambda a: token_major(a, t)
+    else:
+        flat, unflat = (lambda a: a.reshape(g, t * r)), (lambda a: a.reshape(g, t, r))
+    rank_by = None
+    if drop_policy == "probs":
+        if priority is None:
+            priority = torch.gather(x.scores, 2, preferred.clamp(min=0))
+        rank_by = flat(priority.detach())
+    keep = keep_within_capacity(flat(preferred), x.capacity, x.experts, rank_by)
+    return torch.where(unflat(keep), preferred, torch.full_like(preferred, EMPTY))

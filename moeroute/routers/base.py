@@ -12,13 +12,14 @@ import torch
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import Slots
+from moeroute.routers._topk import ScoreOptions
 from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_optimum
 
 
 @dataclass(frozen=True)
-class BaseOptions:
-    """``solver``: ``exact`` (min-cost flow, OR-tools; faster here than scipy's ``linear_sum_assignment`` on the
+class BaseOptions(ScoreOptions):
+    """``score``: the scores whose balanced optimum it finds (softmax, sigmoid, sqrt_softplus). ``solver``: ``exact`` (min-cost flow, OR-tools; faster here than scipy's ``linear_sum_assignment`` on the
     expert slots replicated ``T/E`` times) or
     ``auction`` (an ε-auction in the style of fairseq's ``balanced_assignment``: experts bid for tokens).
     ``eps``: the auction's bid increment as a fraction of the score range (fairseq: 1/50); ``max_rounds``: the
@@ -114,6 +115,7 @@ def _base_refusal(x: RouterInput, opts: BaseOptions) -> Optional[str]:
     "BASE layers: k=1, every expert takes exactly T/E tokens by an exact balanced assignment (or ε-auction)",
     "BASE layers (Lewis et al. 2021); fairseq balanced_assignment (auction); OR-tools min-cost flow",
     requires=_base_refusal,
+    examples=("base:solver=auction",),
 )
 def base(x: RouterInput, opts: BaseOptions) -> Slots:
     """Needs ``k = 1`` and ``E | T``; refuses a capacity below ``T/E`` (``cf < 1``) since every expert takes exactly

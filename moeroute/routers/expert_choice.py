@@ -6,7 +6,8 @@ import torch
 
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import Slots, slots_from_mask
-from moeroute.routers.registry import NoOptions, register_router
+from moeroute.routers._topk import ScoreOptions
+from moeroute.routers.registry import register_router
 
 
 def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -19,13 +20,14 @@ def expert_choice_mask(scores: torch.Tensor, capacity: int) -> torch.Tensor:
 
 @register_router(
     "expert_choice",
-    NoOptions,
+    ScoreOptions,
     "each expert takes its top-C tokens by score; tokens may get no expert or more than k (slots R >= k)",
     "Expert Choice routing (Zhou et al. 2022); flaxformer ExpertsChooseMaskedRouter",
     experts_per_token="any",
     requires=lambda x, opts: None if x.capacity is not None else "needs a capacity factor: each expert takes its top-C tokens",
+    examples=("expert_choice:score=sigmoid",),
 )
-def expert_choice(x: RouterInput, opts: NoOptions) -> Slots:
+def expert_choice(x: RouterInput, opts: ScoreOptions) -> Slots:
     """Slots are as wide as the most experts any token got (at least ``k``), ordered by score."""
     mask = expert_choice_mask(x.scores, x.capacity)
     slots = max(x.k, int(mask.sum(dim=2).max()))

@@ -9,7 +9,8 @@ import torch
 
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import Slots, slots_from_mask
-from moeroute.routers.registry import NoOptions, register_router
+from moeroute.routers._topk import ScoreOptions
+from moeroute.routers.registry import register_router
 
 
 def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -90,11 +91,12 @@ def greedy_assignment(scores: torch.Tensor, k: int, capacity: Optional[int]) -> 
 
 @register_router(
     "global_greedy",
-    NoOptions,
+    ScoreOptions,
     "all (token, expert) pairs by descending score, each taken while token (k) and expert (C) have room",
     "greedy b-matching (a ½-approximation), beyond the MaxScore paper",
+    examples=("global_greedy:score=sqrt_softplus",),
 )
-def global_greedy(x: RouterInput, opts: NoOptions) -> Slots:
+def global_greedy(x: RouterInput, opts: ScoreOptions) -> Slots:
     mask, rounds = greedy_assignment(x.scores, x.k, x.capacity)
     experts = slots_from_mask(mask, x.scores, x.k)
     return Slots(experts, meta={"rounds": rounds})

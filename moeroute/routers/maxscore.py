@@ -24,6 +24,7 @@ from moeroute.core.routing import EMPTY, Slots, slots_from_mask
 from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions, rank_major, token_major
 from moeroute.routers._repair import augment_open_slots, held_mask
 from moeroute.routers._reroute import reroute_rounds
+from moeroute.routers._topk import ScoreOptions
 from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_residual
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
@@ -32,8 +33,8 @@ _NEG = -float("inf")
 
 
 @dataclass(frozen=True)
-class MaxScoreOptions:
-    """``stage1``: greedy | argmax. ``stage2``: sinkhorn | exact | iterative. Sinkhorn knobs: ``eps`` (entropic
+class MaxScoreOptions(ScoreOptions):
+    """``score``: the scores it maximises (softmax, sigmoid, sqrt_softplus). ``stage1``: greedy | argmax. ``stage2``: sinkhorn | exact | iterative. Sinkhorn knobs: ``eps`` (entropic
     temperature, in score units: the kernel is ``exp(S / eps)``), ``iters`` (iteration cap), ``tol`` (stop once
     the row marginals are within ``tol``). ``repair``: finish with augmenting paths so every feasible slot fills.
     ``plan`` (only matters when a token has two or more open slots: k >= 3, or stage-1 overflow): ``joint`` solves

@@ -9,6 +9,17 @@ when it registers:
 - ``capacity="ignored"``: it routes without capacity (dropless); its routing is checked without ``C``.
 - ``experts_per_token="any"``: a token may get more than ``k`` experts (Expert Choice); slots may be wider.
 - ``requires``: a precondition on the input (BASE needs ``k = 1``), refused with one line before any work.
+- ``selects_by``: for a router without a ``score=`` option, what it selects by (Sinkhorn: the logits); a spec
+  giving it ``score=`` is refused with that sentence.
+- ``examples``: specs with non-default options that the invariant tests run besides the bare name.
+
+Score functions: a router whose options have a ``score`` field (``softmax``, ``sigmoid``, ``sqrt_softplus``)
+selects by those scores. The framework re-derives the input (:meth:`RouterInput.with_score`) before calling it, so
+its slots, its objective, the exact optimum it is compared with and its gap all use the same scores.
+
+Combine weights: a router may return its own (``Slots.weights``; the top-k routers return Megatron-Core's
+``probs``). They are used while the spec keeps the default weight operator (``weights=softmax``) and no
+``renormalize``; a spec naming another operator gets that operator applied to the router's scores instead.
 
 A router that carries state between calls (a bias, prices) reads it from ``RouterInput.state`` and returns the
 next state in ``Slots.state``. In training, statistics are global over data-parallel ranks: such a router may also
@@ -57,10 +68,17 @@ class RouterEntry:
     experts_per_token: Literal["k", "any"] = "k"
     requires: Optional[Requirement] = None
     step_update: Optional[StepUpdate] = None
+    selects_by: Optional[str] = None
+    examples: tuple[str, ...] = ()
 
     def refusal(self, x: RouterInput, opts: Any) -> Optional[str]:
         """Why this router cannot route ``x`` with ``opts`` (``None``: it can)."""
         return self.requires(x, opts) if self.requires is not None else None
+
+    @property
+    def has_score_option(self) -> bool:
+        """Whether the router takes ``score=`` (its options dataclass has a ``score`` field)."""
+        return "score" in getattr(self.options, "__dataclass_fields__", {})
 
 
 ROUTERS: Registry[RouterEntry] = Registry("router")
@@ -76,6 +94,8 @@ def register_router(
     experts_per_token: Literal["k", "any"] = "k",
     requires: Optional[Requirement] = None,
     step_update: Optional[StepUpdate] = None,
+    selects_by: Optional[str] = None,
+    examples: tuple[str, ...] = (),
 ) -> Callable[[RouterFn], RouterFn]:
     """Register ``fn(x: RouterInput, opts) -> Slots`` as router ``name`` (see the module docstring).
 
@@ -90,7 +110,8 @@ def register_router(
 
     def wrap(fn: RouterFn) -> RouterFn:
         entry = RouterEntry(
-            name, fn, options, description.strip(), source.strip(), capacity, experts_per_token, requires, step_update
+            name, fn, options, description.strip(), source.strip(), capacity, experts_per_token, requires, step_update,
+            selects_by, tuple(examples),
         )
         ROUTERS.add(name, entry, same=lambda old: old.fn is fn)
         return fn
@@ -121,10 +142,21 @@ class BoundRouter:
     common: CommonOptions
     resolved: str = field(default="")
 
+    @property
+    def score(self) -> str:
+        """The score function this router selects by (its ``score=`` option; softmax for routers without one)."""
+        return getattr(self.options, "score", "softmax")
+
+    def input_for(self, x: RouterInput) -> RouterInput:
+        """``x`` with the scores this router selects by (``x`` itself when they are the same)."""
+        return x.with_score(self.score)
+
     def __call__(self, x: RouterInput, check: bool = True) -> Routing:
         """Route ``x``: the router's slots turned into a :class:`Routing` built and (``check=True``) checked by the
-        framework. A router that raises anything but a :class:`MoeRouteError` is reported as a
+        framework. The input is re-derived first when the router selects by another score function than ``x``'s
+        (:meth:`input_for`). A router that raises anything but a :class:`MoeRouteError` is reported as a
         :class:`RouterFailure` naming it (one line), with the original exception chained."""
+        x = self.input_for(x)
         reason = self.entry.refusal(x, self.options)
         if reason:
             raise MoeRouteError(f"{self.entry.name}: {reason}")
@@ -138,7 +170,9 @@ class BoundRouter:
         routing = self.build(x, out)
         if check:
             routing.check()
-        if routing.weights is None:
+        # A router's own weights (e.g. Megatron's probs) stand unless the spec names another operator.
+        own = routing.weights is not None and self.common.weights == "softmax" and not self.common.renormalize
+        if not own:
             routing.weights = combine_weights(x.scores, routing.experts, self.common)
         return routing
 
@@ -172,6 +206,8 @@ class BoundRouter:
             max_per_token=None if wide else x.k,
             meta=dict(out.meta),
             state=dict(out.state),
+            selected=out.selected,
+            score=x.score,
         )
         return routing
 
@@ -181,6 +217,9 @@ def bind_router(spec: str, **overrides: Any) -> BoundRouter:
     name, raw = parse_spec(spec)
     raw = {**raw, **overrides}
     entry = router_entry(name)
+    if "score" in raw and not entry.has_score_option:
+        why = entry.selects_by or "its own rule"
+        raise MoeRouteError(f"router {name!r} takes no score= option: it selects by {why}")
     common_raw = {k: v for k, v in raw.items() if k in COMMON_KEYS}
     own_raw = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
     options = build_options(entry.options, own_raw, f"router {name!r}")

@@ -54,10 +54,12 @@ def balanced_plan(logits: torch.Tensor, opts: SinkhornOptions) -> SinkhornResult
     SinkhornOptions,
     "S-BASE: Sinkhorn-balance exp(L/eps) to uniform marginals, top-k of the plan, then GShard capacity",
     "S-BASE (Clark et al. 2022, Unified Scaling Laws for Routed LMs); Megatron-Core sinkhorn router",
+    selects_by="the Sinkhorn-balanced logits exp(L/eps) (its objective is measured on the softmax scores)",
+    examples=("sinkhorn:eps=0.1,iters=20",),
 )
 def sinkhorn(x: RouterInput, opts: SinkhornOptions) -> Slots:
     result = balanced_plan(x.logits, opts)
     preferred = torch.topk(result.log_plan, x.k, dim=-1).indices
     experts = apply_capacity(x, preferred)
     meta = {"sinkhorn_iterations": result.iterations, "sinkhorn_error": result.error}
-    return Slots(experts, meta=meta)
+    return Slots(experts, meta=meta, selected=preferred)

@@ -216,3 +216,25 @@ class TiesOptions:
 @register_workload("ties", TiesOptions, "quantised logits with many exact ties")
 def ties(groups: int, tokens: int, experts: int, gen: torch.Generator, opts: TiesOptions) -> torch.Tensor:
     return torch.randint(opts.levels, (groups, tokens, experts), generator=gen).float() * opts.scale
+
+
+@dataclass(frozen=True)
+class ForceBiasedOptions:
+    """Megatron-Core's ``moe_router_force_biased`` benchmark logits: the router's logits replaced by ``N(0, 1)`` and
+    one per-expert bias ``N(0, std^2)`` added, the same bias for every group (Megatron draws it with a seed shared by
+    all ranks, so every rank's local batch -- here every group -- sees the same hot experts). Megatron draws a new
+    bias each forward pass for ``std > 0`` and keeps one per layer for ``std < 0``; one workload is one draw."""
+
+    std: float = 1.0
+
+    def validate(self) -> None:
+        if not self.std >= 0 or math.isinf(self.std):
+            raise MoeRouteError(f"workload option std must be a finite number >= 0, got {self.std}")
+
+
+@register_workload("force_biased", ForceBiasedOptions,
+                   "N(0,1) logits plus one per-expert N(0, std^2) bias shared by all groups (Megatron force_biased)")
+def force_biased(groups: int, tokens: int, experts: int, gen: torch.Generator, opts: ForceBiasedOptions) -> torch.Tensor:
+    logits = torch.randn(groups, tokens, experts, generator=gen)
+    bias = torch.randn(experts, generator=gen) * opts.std
+    return logits + bias

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per router (default 5)")
     p.add_argument("--solver", default=DEFAULT_SOLVER,
                    help=f"exact solver for the optimum: {', '.join(SOLVERS)} (default {DEFAULT_SOLVER})")
+    p.add_argument("--ep-ranks", type=int, metavar="R",
+                   help="expert-parallel view: experts placed contiguously on R ranks, each group one sending rank")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1, as sweeps: small routing ops gain little from more threads and "
@@ -62,8 +64,10 @@ def parse_cf(text: str) -> "float | None":
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key.endswith("rate") or key == "gap" or key == "over_k_share":
+    if key.endswith("rate") or key == "gap":
         return f"{100 * value:.2f}%"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
     return str(value)
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         logits = synthetic_logits(args.synthetic, args.groups, args.tokens, args.experts, args.seed)
     routers = args.router or ["gshard", "dropless", "exact"]
     results = evaluate(logits.to(device), routers, k=args.k, capacity_factor=cf, group_size=args.group_size,
-                       repeats=args.repeats, solver=args.solver)
+                       repeats=args.repeats, solver=args.solver, ep_ranks=args.ep_ranks)
     rows = [m.table_row() for m in results]
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=2)
@@ -96,11 +100,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         first = rows[0]
         title = f"{first['groups']} group(s) x {first['tokens']} tokens, E={first['experts']}, k={first['k']}, C={first['capacity']}"
+        if args.ep_ranks:
+            title += f", {args.ep_ranks} EP ranks"
         table = Table(title=title + f"; {device}, {torch.get_num_threads()} thread(s)")
-        keys = [k for k in TABLE_KEYS if k not in ("groups", "tokens", "experts", "k", "capacity")]
-        for key in keys:
-            table.add_column(key.replace("_", " "), justify="left" if key == "router" else "right")
+        shared = ("groups", "tokens", "experts", "k", "capacity", "ep_ranks", "ep_rank_tokens")
+        # Columns no router filled (the expert-parallel view without --ep-ranks) are left out of the table.
+        keys = [k for k in TABLE_KEYS if k not in shared and k != "router" and any(row[k] is not None for row in rows)]
+        # One column per router, one row per metric: a terminal fits many metrics, and a few routers side by side.
+        table.add_column("metric", justify="left")
         for row in rows:
-            table.add_row(*(_fmt(key, row[key]) for key in keys))
-        Console(width=200).print(table)
+            table.add_column(row["router"], justify="right", overflow="fold")
+        for key in keys:
+            table.add_row(key.replace("_", " "), *(_fmt(key, row[key]) for row in rows))
+        Console(width=max(120, Console().width)).print(table)
     return 0
