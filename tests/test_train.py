@@ -109,7 +109,7 @@ def test_dispatch_matches_plain_loop():
 @pytest.mark.parametrize("router", ["gshard", "dropless"])
 def test_gate_gets_gradient_through_combine_weights(router):
     torch.manual_seed(0)
-    layer = MoELayer(d_model=16, hidden=8, experts=4, k=2, capacity_factor=1.0, router=router, aux_loss_coef=0.0)
+    layer = MoELayer(d_model=16, hidden=8, experts=4, k=2, capacity_factor=1.0, router=router)
     y, stats = layer(torch.randn(2, 32, 16))
     y.square().sum().backward()
     assert layer.gate.weight.grad is not None and float(layer.gate.weight.grad.abs().sum()) > 0
@@ -151,7 +151,8 @@ def test_few_steps_per_arm_loss_falls(arm, quick, corpus, tmp_path):
     assert len(vals) == 2 and vals[1] < vals[0] and math.isfinite(result.final_val_loss)
     for r in rows:
         assert 0.0 <= float(r["slot_drop_rate"]) <= 1.0
-        assert 0.0 < float(r["rank1_affinity"]) <= 1.0
+        assert 0.0 < float(r["rank1_affinity_with_drops"]) <= 1.0
+        assert float(r["balance_violation"]) >= 0.0
         assert bool(r["temperature"]) == (run.arm.weights == "softtopk")
     if run.arm.router == "dropless":
         assert all(float(r["slot_drop_rate"]) == 0.0 for r in rows)
@@ -231,14 +232,44 @@ def test_config_file_errors(tmp_path):
         load_config(str(CONFIG), "nosuch")
 
 
+# --- report ----------------------------------------------------------------------------------------------------
+
+def test_report_panels_and_paired_lines_follow_the_arms_that_ran(quick, corpus, tmp_path):
+    from moeroute.train.report import figure_panels, summarise
+
+    cfg = replace(quick, output=replace(quick.output, results=str(tmp_path)))
+    short = replace(cfg, train=replace(cfg.train, steps=3, eval_every=3))
+    for arm in ("gshard-softmax", "dropless-softmax"):
+        run = run_configs(short, [arm], [0])[0]
+        (tmp_path / f"{run.name}.csv").write_bytes(train_run(run, tmp_path / run.name, corpus).log.read_bytes())
+    both = summarise(cfg, tmp_path)
+    loss = [mode for _, _, mode in figure_panels(both, "gshard-softmax")["loss_curves.png"]]
+    assert loss == ["raw", "ema", "diff"]
+    (tmp_path / "dropless-softmax_seed0.csv").unlink()
+    alone = summarise(cfg, tmp_path)
+    assert [mode for _, _, mode in figure_panels(alone, "gshard-softmax")["loss_curves.png"]] == ["raw", "ema"]
+    # a log from before the balance-violation and affinity-with-drops columns: those panels are left out
+    old = alone.logs[("gshard-softmax", 0)].drop(columns=["balance_violation", "rank1_affinity_with_drops",
+                                                           "rank2_affinity_with_drops"])
+    alone.logs[("gshard-softmax", 0)] = old
+    panels = figure_panels(alone, "gshard-softmax")
+    assert [k for k, _, _ in panels["drop_load.png"]] == ["second_choice_drop_rate", "mean_load_ratio"]
+    assert panels["affinity.png"] == []
+
+
 # --- CLI and captured logits ------------------------------------------------------------------------------------
 
 def test_cli_trains_reports_and_refuses_bad_input(tmp_path, capsys):
     assert main(["train", str(CONFIG), "--quick", "--arms", "gshard-softmax", "--steps", "4", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("final val loss") == 1  # said once, not by both the progress and the summary
     log = _log(tmp_path / "results" / "gshard-softmax_seed0.csv")
     assert len(log) == 4
     report = (tmp_path / "TRAINING.md").read_text()
     assert "gshard-softmax" in report and "final val loss" in report
+    assert "1 layer," in report and "1 layers" not in report and "2 heads" in report
+    # one arm: no paired comparison, so no t-test header without a table under it
+    assert "comparisons" not in report and "t-test" not in report and "nothing to compare it with" in report
     assert (tmp_path / "reports" / "loss_curves.png").stat().st_size > 1000
     assert main(["train", str(CONFIG), "--quick", "--arms", "nosuch", "--output", str(tmp_path)]) == 2
     assert "no arm named 'nosuch'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from moeroute.core.config_files import read_config_file
 from moeroute.core.device import DEVICE_HELP
@@ -23,7 +23,11 @@ class ModelConfig:
 
     ``capacity_factor`` sets ``C = ceil(cf * k * T / E)`` per routing group, where a group is one sequence
     (``T = data.seq_len``); ``none`` = no capacity. ``aux_loss_coef`` scales the GShard balance loss
-    ``E * sum_e m_e c_e`` (the paper's code: 0.01).
+    ``E * sum_e m_e c_e`` (the paper's code: 0.01), whose statistics are taken over ``balance_scope``: each routing
+    group (``group``, the default), the rank's micro-batch (``micro_batch``) or, for ``c_e``, the global batch over
+    data-parallel ranks and micro-batches (``global``: Qwen's global-batch loss, Megatron's ``global_aux_loss``).
+    ``z_loss_coef`` scales ST-MoE's router z-loss ``mean(logsumexp(logits)^2)`` (0 = off; ST-MoE uses 0.001).
+    See docs/training.md.
     """
 
     d_model: int = 128
@@ -34,6 +38,8 @@ class ModelConfig:
     expert_hidden: int = 256
     capacity_factor: Optional[float] = 1.0
     aux_loss_coef: float = 0.01
+    balance_scope: Literal["group", "micro_batch", "global"] = "group"
+    z_loss_coef: float = 0.0
     vocab: int = 256
 
     def validate(self) -> None:
@@ -46,14 +52,17 @@ class ModelConfig:
             raise MoeRouteError(f"[model] k={self.k} is larger than experts={self.experts}")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise MoeRouteError(f"[model] capacity_factor must be > 0 or 'none', got {self.capacity_factor}")
-        if self.aux_loss_coef < 0:
-            raise MoeRouteError(f"[model] aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise MoeRouteError(f"[model] {name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``text``: a UTF-8/byte file to train on (empty = the CPython documentation bundled as ``pydoc_data``).
-    ``val_fraction`` of the corpus, in blocks of ``block_bytes`` spread evenly through it, is held out."""
+    ``val_fraction`` of the corpus, in blocks of ``block_bytes`` spread evenly through it, is held out.
+    ``batch_size`` is the global batch (sequences per optimizer step over all data-parallel ranks and
+    micro-batches), so a run on N processes sees the same tokens as a run on one."""
 
     text: str = ""
     seq_len: int = 512
@@ -73,9 +82,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimisation and the SoftTopk schedule ``t = max(start - (start - end) * step / anneal_steps, end)``
-    (the paper: 4 -> 1 over 30000 steps; ``t = 1`` at evaluation)."""
+    (the paper: 4 -> 1 over 30000 steps; ``t = 1`` at evaluation). ``micro_batches``: gradient accumulation, the
+    global batch is cut into ``micro_batches`` forward/backward passes per rank before each optimizer step."""
 
     steps: int = 2000
+    micro_batches: int = 1
     lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -89,8 +100,9 @@ class OptimConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise MoeRouteError(f"[train] steps must be >= 1, got {self.steps}")
+        for name in ("steps", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise MoeRouteError(f"[train] {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise MoeRouteError(f"[train] lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.eval_every < 1 or self.softtopk_anneal_steps < 1:
@@ -105,13 +117,15 @@ class OptimConfig:
 class OutputConfig:
     """Where a run writes: ``results`` (per-step CSV logs and the summary), ``reports`` (figures), ``report``
     (the Markdown summary), ``checkpoints`` (one ``.pt`` per run, beside a copy of its log); ``note``: a paragraph
-    for the report (e.g. what scale this profile is)."""
+    for the report (e.g. what scale this profile is); ``title``: the report's heading (empty: chosen from the
+    arms)."""
 
     results: str = "results/train"
     reports: str = "reports/train"
     report: str = "reports/TRAINING.md"
     checkpoints: str = "runs/train"
     note: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True)
