@@ -24,6 +24,7 @@ from moeroute.weights import weight_ops
 from moeroute.workloads.files import load_logits
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
+PRODUCTION = CONFIG.parent / "production.toml"
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +201,34 @@ def test_shipped_config_parses_with_every_profile():
     reduced = load_config(str(CONFIG), "reduced")
     assert reduced.model.experts == 16 and reduced.data.seq_len == 512 and len(reduced.seeds) >= 2
     assert load_config(str(CONFIG), "quick").train.steps < 20
+    hour = load_config(str(CONFIG), "hour")
+    assert len(hour.seeds) >= 3 and hour.data.batch_size % 2 == 0  # 3+ seeds; the batch splits over 2 processes
+    gpu = load_config(str(CONFIG), "gpu")
+    assert gpu.train.device == "cuda" and gpu.data.batch_size % 8 == 0
+
+
+def test_production_config_parses_and_its_arms_are_registered():
+    prod = load_config(str(PRODUCTION))
+    assert prod.model.balance_scope == "global" and prod.model.z_loss_coef > 0
+    assert {"gshard-softmax", "maxscore-softmax", "maxscore-softtopk", "dropless-softmax"} <= {a.name for a in prod.arms}
+    for arm in prod.arms:
+        assert arm.router.split(":")[0] in router_names() and arm.weights in weight_ops()
+    for profile in ("hour", "gpu", "quick"):
+        cfg = load_config(str(PRODUCTION), profile)
+        assert cfg.model.balance_scope == "global" and cfg.data.batch_size % 2 == 0
+
+
+def test_an_arm_may_set_its_own_router_losses():
+    cfg = parse_config({"arm": [{"name": "free", "router": "gshard", "aux_loss_coef": 0, "z_loss_coef": 0.01},
+                                {"name": "base"}], "model": {"balance_scope": "global"}}, "x.toml")
+    free, base = run_configs(cfg)
+    assert (free.model.aux_loss_coef, free.model.z_loss_coef, free.model.balance_scope) == (0.0, 0.01, "global")
+    assert (base.model.aux_loss_coef, base.model.z_loss_coef) == (0.01, 0.0)
+    assert free.arm.own_losses == "aux_loss_coef=0.0, z_loss_coef=0.01" and base.arm.own_losses == ""
+    with pytest.raises(MoeRouteError, match="number 1 in x.toml: .*aux_loss_coef must be >= 0"):
+        parse_config({"arm": [{"name": "a", "aux_loss_coef": -1}]}, "x.toml")
+    with pytest.raises(MoeRouteError, match="balance_scope.*must be one of group, micro_batch, global"):
+        parse_config({"arm": [{"name": "a", "balance_scope": "batch"}]}, "x.toml")
 
 
 @pytest.mark.parametrize("raw, message", [

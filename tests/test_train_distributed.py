@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import socket
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +31,10 @@ from moeroute.train.moe import MoELayer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
 WORLD = 2
+# fork where the platform has it: the ranks inherit the imported torch and this module (1 s to start on a busy
+# 2-core machine, against 13 s for spawn, which imports everything again in each rank); no thread or process group
+# exists in the parent to be copied half-way.
+START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() and sys.platform == "linux" else "spawn"
 COMPARED = ("train_loss", "aux_loss", "z_loss", "val_loss", "slot_drop_rate", "second_choice_drop_rate",
             "mean_load_ratio", "max_load_ratio", "balance_violation", "rank1_affinity_with_drops",
             "rank2_affinity_with_drops")
@@ -109,6 +115,10 @@ def _worker(rank: int, world: int, port: int, root: str, one_rank_dirs: str) -> 
             out[name + "_resumed"] = _run(name, Path(one_rank_dirs), ctx, corpus, resume=True).history
         if ctx.is_main:
             (Path(root) / "histories.json").write_text(json.dumps(out))
+        # the command line under torchrun: it finds the process group started, trains, rank 0 writes, it leaves
+        code = main(["train", str(CONFIG), "--quick", "--arms", "gshard-softmax", "--steps", "2", "--no-report",
+                     "--output", str(Path(root) / "cli")])
+        (Path(root) / f"cli_rank{rank}.txt").write_text(str(code))
     finally:
         shutdown(ctx)
 
@@ -144,7 +154,7 @@ def test_two_ranks_equal_one_at_every_step_and_resume_across_world_sizes(tmp_pat
     for name in ("global_half", "count_half"):
         _run(name, one, None, tiny_corpus)
     torch.multiprocessing.start_processes(_worker, args=(WORLD, _free_port(), str(two), str(one)), nprocs=WORLD,
-                                          start_method="spawn", join=True)
+                                          start_method=START_METHOD, join=True)
     got = json.loads((two / "histories.json").read_text())
     # ... then runs everything in one process and resumes the half runs 2 ranks saved.
     for name in ("global_full", "count_full"):
@@ -157,6 +167,12 @@ def test_two_ranks_equal_one_at_every_step_and_resume_across_world_sizes(tmp_pat
         resumed = _run(name.replace("full", "half"), two, None, tiny_corpus, resume=True).history
         assert max_difference(ref[2:], resumed) < 1e-5
     assert load_checkpoint(two / "global_half" / "checkpoint.pt")["world_size"] == 1  # re-saved by the 1-rank resume
+    assert load_checkpoint(one / "global_half" / "checkpoint.pt")["world_size"] == WORLD  # re-saved by 2 ranks
+    assert [(two / f"cli_rank{r}.txt").read_text() for r in range(WORLD)] == ["0", "0"]
+    cli = two / "cli"
+    assert len((cli / "results" / "gshard-softmax_seed0.csv").read_text().splitlines()) == 3  # header + 2 steps
+    assert (cli / "runs" / "gshard-softmax_seed0" / "checkpoint.pt").is_file()
+    assert not [f for f in cli.rglob("*") if ".partial." in f.name]
     # The stateful router's statistics are global: its total counts every kept slot of the global batch, the
     # same after 2 ranks as after 1 (a per-rank total would hold about half).
     tokens = 4 * 32 * 2  # global batch x seq_len x k per step

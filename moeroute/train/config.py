@@ -141,11 +141,32 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of the ablation: a router spec (any registered router) and a combine-weight operator."""
+    """One arm of the ablation: a router spec (any registered router) and a combine-weight operator; optionally
+    its own router losses (``aux_loss_coef``, ``balance_scope``, ``z_loss_coef``; unset = the ``[model]`` value),
+    e.g. an auxiliary-loss-free arm without the balance loss."""
 
     name: str = ""
     router: str = "gshard"
     weights: str = "softmax"
+    aux_loss_coef: Optional[float] = None
+    balance_scope: Optional[Literal["group", "micro_batch", "global"]] = None
+    z_loss_coef: Optional[float] = None
+
+    def model_config(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with this arm's own router losses, if it sets any."""
+        own = {k: getattr(self, k) for k in ("aux_loss_coef", "balance_scope", "z_loss_coef")
+               if getattr(self, k) is not None}
+        if not own:
+            return model
+        changed = replace(model, **own)
+        changed.validate()
+        return changed
+
+    @property
+    def own_losses(self) -> str:
+        """The losses this arm sets for itself, as ``key=value`` text (empty: the config's)."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ("aux_loss_coef", "balance_scope", "z_loss_coef")
+                         if getattr(self, k) is not None)
 
     @property
     def spec(self) -> str:
@@ -235,6 +256,10 @@ def parse_config(raw: dict[str, Any], source: str = "config", profile: Optional[
         if not isinstance(item, dict):
             raise MoeRouteError(f"{source}: [[arm]] number {i + 1} must be a table")
         arm = build_options(Arm, item, f"[[arm]] number {i + 1} in {source}")
+        try:
+            arm.model_config(parts["model"])  # an arm's own loss settings are checked now
+        except MoeRouteError as exc:
+            raise MoeRouteError(f"[[arm]] number {i + 1} in {source}: {exc}") from None
         if not arm.name or not arm.name.replace("-", "").replace("_", "").isalnum():
             raise MoeRouteError(f"{source}: [[arm]] number {i + 1} needs a name of letters, digits, '-' or '_'")
         arms.append(arm)
@@ -255,7 +280,8 @@ def load_config(path: str, profile: Optional[str] = None) -> AblationConfig:
 def run_configs(cfg: AblationConfig, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None) -> list[RunConfig]:
     """One :class:`RunConfig` per (arm, seed), arms in config order (optionally a subset)."""
     chosen = [cfg.arm(a) for a in arms] if arms else list(cfg.arms)
-    return [RunConfig(cfg.model, cfg.data, cfg.train, arm, seed) for arm in chosen for seed in (seeds or cfg.seeds)]
+    return [RunConfig(arm.model_config(cfg.model), cfg.data, cfg.train, arm, seed)
+            for arm in chosen for seed in (seeds or cfg.seeds)]
 
 
 def with_overrides(cfg: AblationConfig, **tables: dict[str, Any]) -> AblationConfig:

@@ -271,7 +271,8 @@ def winner_lines(summary: AblationSummary) -> list[str]:
         return []
     best = a.sort_values("val_loss_mean").iloc[0]
     return [f"Lowest mean final validation loss: `{best['arm']}`, {_pm(best['val_loss_mean'], best['val_loss_std'])} "
-            f"over {plural(int(best['seeds']), 'seed')} (is it significant? see the paired differences below)."]
+            f"over {plural(int(best['seeds']), 'seed')}; whether that is more than seed noise is in the paired "
+            "differences below."]
 
 
 def _verdict(p: float, strict: float) -> str:
@@ -325,6 +326,11 @@ def default_title(cfg: AblationConfig) -> str:
     if all(r in roles for r in PAPER_ORDER):
         return "Training ablation: GShard vs MaxScore routing × softmax vs SoftTopk weights"
     return "Training ablation: " + ", ".join(dict.fromkeys(parse_spec(a.router)[0] for a in cfg.arms))
+
+
+def _verdict_heading(cfg: AblationConfig) -> str:
+    roles = {_role(a) for a in cfg.arms}
+    return "Does the paper's ordering hold?" if all(r in roles for r in PAPER_ORDER) else "Which arm has the lowest loss?"
 
 
 def _num(value: float, fmt: str) -> str:
@@ -384,13 +390,16 @@ def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, fi
     if scale_note:
         lines += [scale_note, ""]
     lines += ["## Final validation loss per arm", ""] + _arm_table(summary.arms)
+    own = [f"`{a.name}` ({a.own_losses})" for a in cfg.arms if a.own_losses and a.name in set(summary.arms["arm"])]
+    if own:
+        lines += ["", "Arms with router losses of their own (the others use the config's): " + ", ".join(own) + "."]
     lines += ["", "Routing columns are averages over the last 10% of training steps and over layers (training "
               "batches). Balance violation is max(load)/mean(load) − 1 of the tokens each expert received over the "
               "step's global batch, after capacity. Affinity is the mean softmax score of each token's rank-r "
               "slot over all tokens, a dropped slot counting 0, so dropping is not rewarded with a higher mean "
               "(n/a: a log written before these columns existed). For `dropless` the load ratio divides by k·T/E "
               "(no capacity) and the max load ratio is its padding factor; it has no capacity, so its expert FLOPs "
-              "are not matched to the other arms.", "", "## Does the paper's ordering hold?", ""]
+              "are not matched to the other arms.", "", f"## {_verdict_heading(cfg)}", ""]
     lines += winner_lines(summary)
     lines += ordering_statement(summary, cfg)
     lines += ["", "The paper's numbers are downstream accuracies of models trained far longer; here it is the next-byte "
