@@ -277,3 +277,26 @@ def test_cuda_without_cuda_is_one_line_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert err.startswith("moeroute: error: device cuda: CUDA is not available") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("device, backend, expected", [("cpu", "gloo", "cpu"), ("cuda", "nccl", "cuda:1")])
+def test_torchrun_picks_the_backend_from_the_device(monkeypatch, device, backend, expected):
+    """gloo on CPU, nccl and the rank's own GPU (LOCAL_RANK) on CUDA; the process group itself is faked here."""
+    import moeroute.train.distributed as d
+
+    started = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(d, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: None)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda b, **kw: started.append((b, kw)))
+    ctx = d.init_distributed(device)
+    assert (ctx.backend, str(ctx.device), ctx.rank, ctx.world, ctx.is_main) == (backend, expected, 1, 2, False)
+    assert started == [(backend, {"rank": 1, "world_size": 2})]
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    if device == "cuda":
+        with pytest.raises(MoeRouteError, match="LOCAL_RANK=2 but only 2 CUDA device"):
+            d.init_distributed(device)
