@@ -317,3 +317,24 @@ def test_captured_logits_load_as_a_workload(quick, corpus, tmp_path):
     logits = load_logits(str(path), "layer0")
     assert logits.shape == (2 * quick.data.seq_len, quick.model.experts) and logits.dtype == torch.float32
     assert bool(torch.isfinite(logits).all()) and float(logits.std()) > 0
+
+
+def test_checkpoint_and_capture_writes_are_atomic(quick, corpus, tmp_path, monkeypatch):
+    import moeroute.train.checkpoint as ckpt_mod
+
+    run = run_configs(quick, ["gshard-softmax"], [0])[0]
+    result = train_run(run, tmp_path / "r", corpus)
+    before = result.checkpoint.read_bytes()
+
+    def torn_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_mod.save_checkpoint(result.checkpoint, run, 99, torch.nn.Linear(1, 1),
+                                 torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), {})
+    assert result.checkpoint.read_bytes() == before  # the old checkpoint, whole
+    assert sorted(p.name for p in result.checkpoint.parent.iterdir()) == ["checkpoint.pt", "log.csv"]
+    path = capture_run(run, result.checkpoint, corpus, 2, str(tmp_path / "cap.safetensors"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("cap")] == [path.name]
