@@ -3,7 +3,7 @@ registered router for the (discrete) assignment and a combine-weight operator fo
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
 
@@ -87,15 +87,16 @@ class MaxScoreRouter(torch.nn.Module):
     def temperature(self) -> float:
         return self.schedule.temperature
 
-    def forward(self, hidden: torch.Tensor) -> RouterOutput:
-        """Route ``hidden`` ``[..., d_model]``; see :class:`RouterOutput`."""
+    def forward(self, hidden: torch.Tensor, state: Optional[Mapping[str, torch.Tensor]] = None) -> RouterOutput:
+        """Route ``hidden`` ``[..., d_model]``; see :class:`RouterOutput`. ``state``: a stateful router's state
+        from an earlier call (its ``routing.state``), handed in as ``RouterInput.state``; ``None`` = cold start."""
         if hidden.dim() < 2:
             raise MoeRouteError(f"hidden must be [..., tokens, d_model], got shape {tuple(hidden.shape)}")
         lead = hidden.shape[:-1]
         logits = self.gate(hidden)
         flat = logits.reshape(-1, self.num_experts)
         group = self.group_size if self.group_size is not None else hidden.shape[-2]
-        x = make_input(flat, self.k, self.capacity_factor, group)
+        x = make_input(flat, self.k, self.capacity_factor, group, state)
         bound = with_common(self.bound, temperature=self.schedule.temperature)
         routing = bound(x)
         width = routing.experts.shape[-1]

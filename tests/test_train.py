@@ -24,6 +24,7 @@ from moeroute.weights import weight_ops
 from moeroute.workloads.files import load_logits
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
+PRODUCTION = CONFIG.parent / "production.toml"
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_dispatch_matches_plain_loop():
 @pytest.mark.parametrize("router", ["gshard", "dropless"])
 def test_gate_gets_gradient_through_combine_weights(router):
     torch.manual_seed(0)
-    layer = MoELayer(d_model=16, hidden=8, experts=4, k=2, capacity_factor=1.0, router=router, aux_loss_coef=0.0)
+    layer = MoELayer(d_model=16, hidden=8, experts=4, k=2, capacity_factor=1.0, router=router)
     y, stats = layer(torch.randn(2, 32, 16))
     y.square().sum().backward()
     assert layer.gate.weight.grad is not None and float(layer.gate.weight.grad.abs().sum()) > 0
@@ -151,7 +152,8 @@ def test_few_steps_per_arm_loss_falls(arm, quick, corpus, tmp_path):
     assert len(vals) == 2 and vals[1] < vals[0] and math.isfinite(result.final_val_loss)
     for r in rows:
         assert 0.0 <= float(r["slot_drop_rate"]) <= 1.0
-        assert 0.0 < float(r["rank1_affinity"]) <= 1.0
+        assert 0.0 < float(r["rank1_affinity_with_drops"]) <= 1.0
+        assert float(r["balance_violation"]) >= 0.0
         assert bool(r["temperature"]) == (run.arm.weights == "softtopk")
     if run.arm.router == "dropless":
         assert all(float(r["slot_drop_rate"]) == 0.0 for r in rows)
@@ -199,6 +201,34 @@ def test_shipped_config_parses_with_every_profile():
     reduced = load_config(str(CONFIG), "reduced")
     assert reduced.model.experts == 16 and reduced.data.seq_len == 512 and len(reduced.seeds) >= 2
     assert load_config(str(CONFIG), "quick").train.steps < 20
+    hour = load_config(str(CONFIG), "hour")
+    assert len(hour.seeds) >= 3 and hour.data.batch_size % 2 == 0  # 3+ seeds; the batch splits over 2 processes
+    gpu = load_config(str(CONFIG), "gpu")
+    assert gpu.train.device == "cuda" and gpu.data.batch_size % 8 == 0
+
+
+def test_production_config_parses_and_its_arms_are_registered():
+    prod = load_config(str(PRODUCTION))
+    assert prod.model.balance_scope == "global" and prod.model.z_loss_coef > 0
+    assert {"gshard-softmax", "maxscore-softmax", "maxscore-softtopk", "dropless-softmax"} <= {a.name for a in prod.arms}
+    for arm in prod.arms:
+        assert arm.router.split(":")[0] in router_names() and arm.weights in weight_ops()
+    for profile in ("hour", "gpu", "quick"):
+        cfg = load_config(str(PRODUCTION), profile)
+        assert cfg.model.balance_scope == "global" and cfg.data.batch_size % 2 == 0
+
+
+def test_an_arm_may_set_its_own_router_losses():
+    cfg = parse_config({"arm": [{"name": "free", "router": "gshard", "aux_loss_coef": 0, "z_loss_coef": 0.01},
+                                {"name": "base"}], "model": {"balance_scope": "global"}}, "x.toml")
+    free, base = run_configs(cfg)
+    assert (free.model.aux_loss_coef, free.model.z_loss_coef, free.model.balance_scope) == (0.0, 0.01, "global")
+    assert (base.model.aux_loss_coef, base.model.z_loss_coef) == (0.01, 0.0)
+    assert free.arm.own_losses == "aux_loss_coef=0.0, z_loss_coef=0.01" and base.arm.own_losses == ""
+    with pytest.raises(MoeRouteError, match="number 1 in x.toml: .*aux_loss_coef must be >= 0"):
+        parse_config({"arm": [{"name": "a", "aux_loss_coef": -1}]}, "x.toml")
+    with pytest.raises(MoeRouteError, match="balance_scope.*must be one of group, micro_batch, global"):
+        parse_config({"arm": [{"name": "a", "balance_scope": "batch"}]}, "x.toml")
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -231,14 +261,44 @@ def test_config_file_errors(tmp_path):
         load_config(str(CONFIG), "nosuch")
 
 
+# --- report ----------------------------------------------------------------------------------------------------
+
+def test_report_panels_and_paired_lines_follow_the_arms_that_ran(quick, corpus, tmp_path):
+    from moeroute.train.report import figure_panels, summarise
+
+    cfg = replace(quick, output=replace(quick.output, results=str(tmp_path)))
+    short = replace(cfg, train=replace(cfg.train, steps=3, eval_every=3))
+    for arm in ("gshard-softmax", "dropless-softmax"):
+        run = run_configs(short, [arm], [0])[0]
+        (tmp_path / f"{run.name}.csv").write_bytes(train_run(run, tmp_path / run.name, corpus).log.read_bytes())
+    both = summarise(cfg, tmp_path)
+    loss = [mode for _, _, mode in figure_panels(both, "gshard-softmax")["loss_curves.png"]]
+    assert loss == ["raw", "ema", "diff"]
+    (tmp_path / "dropless-softmax_seed0.csv").unlink()
+    alone = summarise(cfg, tmp_path)
+    assert [mode for _, _, mode in figure_panels(alone, "gshard-softmax")["loss_curves.png"]] == ["raw", "ema"]
+    # a log from before the balance-violation and affinity-with-drops columns: those panels are left out
+    old = alone.logs[("gshard-softmax", 0)].drop(columns=["balance_violation", "rank1_affinity_with_drops",
+                                                           "rank2_affinity_with_drops"])
+    alone.logs[("gshard-softmax", 0)] = old
+    panels = figure_panels(alone, "gshard-softmax")
+    assert [k for k, _, _ in panels["drop_load.png"]] == ["second_choice_drop_rate", "mean_load_ratio"]
+    assert panels["affinity.png"] == []
+
+
 # --- CLI and captured logits ------------------------------------------------------------------------------------
 
 def test_cli_trains_reports_and_refuses_bad_input(tmp_path, capsys):
     assert main(["train", str(CONFIG), "--quick", "--arms", "gshard-softmax", "--steps", "4", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("final val loss") == 1  # said once, not by both the progress and the summary
     log = _log(tmp_path / "results" / "gshard-softmax_seed0.csv")
     assert len(log) == 4
     report = (tmp_path / "TRAINING.md").read_text()
     assert "gshard-softmax" in report and "final val loss" in report
+    assert "1 layer," in report and "1 layers" not in report and "2 heads" in report
+    # one arm: no paired comparison, so no t-test header without a table under it
+    assert "comparisons" not in report and "t-test" not in report and "nothing to compare it with" in report
     assert (tmp_path / "reports" / "loss_curves.png").stat().st_size > 1000
     assert main(["train", str(CONFIG), "--quick", "--arms", "nosuch", "--output", str(tmp_path)]) == 2
     assert "no arm named 'nosuch'" in capsys.readouterr().err
@@ -257,3 +317,24 @@ def test_captured_logits_load_as_a_workload(quick, corpus, tmp_path):
     logits = load_logits(str(path), "layer0")
     assert logits.shape == (2 * quick.data.seq_len, quick.model.experts) and logits.dtype == torch.float32
     assert bool(torch.isfinite(logits).all()) and float(logits.std()) > 0
+
+
+def test_checkpoint_and_capture_writes_are_atomic(quick, corpus, tmp_path, monkeypatch):
+    import moeroute.train.checkpoint as ckpt_mod
+
+    run = run_configs(quick, ["gshard-softmax"], [0])[0]
+    result = train_run(run, tmp_path / "r", corpus)
+    before = result.checkpoint.read_bytes()
+
+    def torn_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_mod.save_checkpoint(result.checkpoint, run, 99, torch.nn.Linear(1, 1),
+                                 torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1), {})
+    assert result.checkpoint.read_bytes() == before  # the old checkpoint, whole
+    assert sorted(p.name for p in result.checkpoint.parent.iterdir()) == ["checkpoint.pt", "log.csv"]
+    path = capture_run(run, result.checkpoint, corpus, 2, str(tmp_path / "cap.safetensors"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("cap")] == [path.name]

@@ -1,19 +1,21 @@
-"""Run an ablation config: every (arm, seed), then the captured logits and the report."""
+"""Run an ablation config: every (arm, seed), then the captured logits and the report. Under torchrun every rank
+runs the same sequence of runs (each data parallel); only rank 0 writes files."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
+from moeroute.core.atomic import atomic_write_bytes
 from moeroute.routers import bind_router
 from moeroute.train.capture import capture_gate_logits, save_captured
 from moeroute.train.checkpoint import load_checkpoint
 from moeroute.train.config import AblationConfig, RunConfig, run_configs
 from moeroute.train.data import Corpus
+from moeroute.train.distributed import DistContext
 from moeroute.train.loop import RunResult, build_model, train_run
 from moeroute.train.report import write_report
 
@@ -39,25 +41,28 @@ def capture_run(run: RunConfig, checkpoint: Path, corpus: Corpus, sequences: int
 
 def run_ablation(
     cfg: AblationConfig, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None, resume: bool = False,
-    report: bool = True, progress: Optional[Callable[[str], None]] = None,
+    report: bool = True, progress: Optional[Callable[[str], None]] = None, dist: Optional[DistContext] = None,
 ) -> AblationResult:
     """Train every selected (arm, seed) of ``cfg``; copy each log to ``output.results/<arm>_seed<s>.csv``;
-    capture logits if ``[capture]`` names a run that was trained; write the report over all logs present."""
+    capture logits if ``[capture]`` names a run that was trained; write the report over all logs present.
+    ``dist``: this process's rank (every rank calls this alike; rank 0 alone writes results, captures and the
+    report); default one process on ``cfg.train.device``."""
     out = AblationResult()
     runs = run_configs(cfg, arms, seeds)
     for arm in dict.fromkeys(r.arm for r in runs):
         bind_router(arm.router, weights=arm.weights)  # a bad spec fails now, not after hours of other arms
+    main = dist is None or dist.is_main
     corpus = Corpus.from_config(cfg.data)
     results = Path(cfg.output.results)
-    results.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     try:
         for run in runs:
-            result = train_run(run, Path(cfg.output.checkpoints) / run.name, corpus, resume, progress)
-            shutil.copyfile(result.log, results / f"{run.name}.csv")
+            result = train_run(run, Path(cfg.output.checkpoints) / run.name, corpus, resume,
+                               progress if main else None, dist)
             out.runs.append(result)
-            if progress:
-                progress(f"{run.name}: final val loss {result.final_val_loss:.4f} in {result.seconds:.0f} s")
+            if not main:
+                continue
+            atomic_write_bytes(results / f"{run.name}.csv", result.log.read_bytes())
             cap = cfg.capture
             if cap.path and cap.arm == run.arm.name and cap.seed == run.seed:
                 out.captured = capture_run(run, result.checkpoint, corpus, cap.sequences, cap.path)
@@ -65,8 +70,10 @@ def run_ablation(
                     progress(f"captured gate logits of {run.name} -> {out.captured}")
     finally:
         torch.set_num_threads(threads)
-    if report:
+    if report and main:
         out.report = write_report(cfg, captured=captured_note(cfg))
+    if dist is not None:
+        dist.barrier()  # no rank leaves (and tears the group down) while rank 0 still writes
     return out
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from moeroute.core.atomic import atomic_write_bytes
 from moeroute.train.config import DataConfig
 from moeroute.train.data import Corpus, val_batches
 from moeroute.train.model import MoELM
@@ -27,10 +28,10 @@ def capture_gate_logits(model: MoELM, corpus: Corpus, data: DataConfig, sequence
 
 
 def save_captured(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> Path:
-    """Write ``tensors`` to ``path`` as safetensors (with string ``metadata``: arm, seed, step, group size)."""
-    from safetensors.torch import save_file
+    """Write ``tensors`` to ``path`` as safetensors (with string ``metadata``: arm, seed, step, group size),
+    atomically (:mod:`moeroute.core.atomic`)."""
+    from safetensors.torch import save
 
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=metadata)
+    atomic_write_bytes(out, save(tensors, metadata=metadata))
     return out

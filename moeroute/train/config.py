@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields, replace
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from moeroute.core.config_files import read_config_file
 from moeroute.core.device import DEVICE_HELP
@@ -23,7 +23,11 @@ class ModelConfig:
 
     ``capacity_factor`` sets ``C = ceil(cf * k * T / E)`` per routing group, where a group is one sequence
     (``T = data.seq_len``); ``none`` = no capacity. ``aux_loss_coef`` scales the GShard balance loss
-    ``E * sum_e m_e c_e`` (the paper's code: 0.01).
+    ``E * sum_e m_e c_e`` (the paper's code: 0.01), whose statistics are taken over ``balance_scope``: each routing
+    group (``group``, the default), the rank's micro-batch (``micro_batch``) or, for ``c_e``, the global batch over
+    data-parallel ranks and micro-batches (``global``: Qwen's global-batch loss, Megatron's ``global_aux_loss``).
+    ``z_loss_coef`` scales ST-MoE's router z-loss ``mean(logsumexp(logits)^2)`` (0 = off; ST-MoE uses 0.001).
+    See docs/training.md.
     """
 
     d_model: int = 128
@@ -34,6 +38,8 @@ class ModelConfig:
     expert_hidden: int = 256
     capacity_factor: Optional[float] = 1.0
     aux_loss_coef: float = 0.01
+    balance_scope: Literal["group", "micro_batch", "global"] = "group"
+    z_loss_coef: float = 0.0
     vocab: int = 256
 
     def validate(self) -> None:
@@ -46,14 +52,17 @@ class ModelConfig:
             raise MoeRouteError(f"[model] k={self.k} is larger than experts={self.experts}")
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise MoeRouteError(f"[model] capacity_factor must be > 0 or 'none', got {self.capacity_factor}")
-        if self.aux_loss_coef < 0:
-            raise MoeRouteError(f"[model] aux_loss_coef must be >= 0, got {self.aux_loss_coef}")
+        for name in ("aux_loss_coef", "z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise MoeRouteError(f"[model] {name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``text``: a UTF-8/byte file to train on (empty = the CPython documentation bundled as ``pydoc_data``).
-    ``val_fraction`` of the corpus, in blocks of ``block_bytes`` spread evenly through it, is held out."""
+    ``val_fraction`` of the corpus, in blocks of ``block_bytes`` spread evenly through it, is held out.
+    ``batch_size`` is the global batch (sequences per optimizer step over all data-parallel ranks and
+    micro-batches), so a run on N processes sees the same tokens as a run on one."""
 
     text: str = ""
     seq_len: int = 512
@@ -73,9 +82,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     """Optimisation and the SoftTopk schedule ``t = max(start - (start - end) * step / anneal_steps, end)``
-    (the paper: 4 -> 1 over 30000 steps; ``t = 1`` at evaluation)."""
+    (the paper: 4 -> 1 over 30000 steps; ``t = 1`` at evaluation). ``micro_batches``: gradient accumulation, the
+    global batch is cut into ``micro_batches`` forward/backward passes per rank before each optimizer step."""
 
     steps: int = 2000
+    micro_batches: int = 1
     lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
@@ -89,8 +100,9 @@ class OptimConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise MoeRouteError(f"[train] steps must be >= 1, got {self.steps}")
+        for name in ("steps", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise MoeRouteError(f"[train] {name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise MoeRouteError(f"[train] lr must be > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.eval_every < 1 or self.softtopk_anneal_steps < 1:
@@ -105,13 +117,15 @@ class OptimConfig:
 class OutputConfig:
     """Where a run writes: ``results`` (per-step CSV logs and the summary), ``reports`` (figures), ``report``
     (the Markdown summary), ``checkpoints`` (one ``.pt`` per run, beside a copy of its log); ``note``: a paragraph
-    for the report (e.g. what scale this profile is)."""
+    for the report (e.g. what scale this profile is); ``title``: the report's heading (empty: chosen from the
+    arms)."""
 
     results: str = "results/train"
     reports: str = "reports/train"
     report: str = "reports/TRAINING.md"
     checkpoints: str = "runs/train"
     note: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -127,11 +141,32 @@ class CaptureConfig:
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of the ablation: a router spec (any registered router) and a combine-weight operator."""
+    """One arm of the ablation: a router spec (any registered router) and a combine-weight operator; optionally
+    its own router losses (``aux_loss_coef``, ``balance_scope``, ``z_loss_coef``; unset = the ``[model]`` value),
+    e.g. an auxiliary-loss-free arm without the balance loss."""
 
     name: str = ""
     router: str = "gshard"
     weights: str = "softmax"
+    aux_loss_coef: Optional[float] = None
+    balance_scope: Optional[Literal["group", "micro_batch", "global"]] = None
+    z_loss_coef: Optional[float] = None
+
+    def model_config(self, model: ModelConfig) -> ModelConfig:
+        """``model`` with this arm's own router losses, if it sets any."""
+        own = {k: getattr(self, k) for k in ("aux_loss_coef", "balance_scope", "z_loss_coef")
+               if getattr(self, k) is not None}
+        if not own:
+            return model
+        changed = replace(model, **own)
+        changed.validate()
+        return changed
+
+    @property
+    def own_losses(self) -> str:
+        """The losses this arm sets for itself, as ``key=value`` text (empty: the config's)."""
+        return ", ".join(f"{k}={getattr(self, k)}" for k in ("aux_loss_coef", "balance_scope", "z_loss_coef")
+                         if getattr(self, k) is not None)
 
     @property
     def spec(self) -> str:
@@ -221,6 +256,10 @@ def parse_config(raw: dict[str, Any], source: str = "config", profile: Optional[
         if not isinstance(item, dict):
             raise MoeRouteError(f"{source}: [[arm]] number {i + 1} must be a table")
         arm = build_options(Arm, item, f"[[arm]] number {i + 1} in {source}")
+        try:
+            arm.model_config(parts["model"])  # an arm's own loss settings are checked now
+        except MoeRouteError as exc:
+            raise MoeRouteError(f"[[arm]] number {i + 1} in {source}: {exc}") from None
         if not arm.name or not arm.name.replace("-", "").replace("_", "").isalnum():
             raise MoeRouteError(f"{source}: [[arm]] number {i + 1} needs a name of letters, digits, '-' or '_'")
         arms.append(arm)
@@ -241,7 +280,8 @@ def load_config(path: str, profile: Optional[str] = None) -> AblationConfig:
 def run_configs(cfg: AblationConfig, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None) -> list[RunConfig]:
     """One :class:`RunConfig` per (arm, seed), arms in config order (optionally a subset)."""
     chosen = [cfg.arm(a) for a in arms] if arms else list(cfg.arms)
-    return [RunConfig(cfg.model, cfg.data, cfg.train, arm, seed) for arm in chosen for seed in (seeds or cfg.seeds)]
+    return [RunConfig(arm.model_config(cfg.model), cfg.data, cfg.train, arm, seed)
+            for arm in chosen for seed in (seeds or cfg.seeds)]
 
 
 def with_overrides(cfg: AblationConfig, **tables: dict[str, Any]) -> AblationConfig:

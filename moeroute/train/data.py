@@ -85,11 +85,44 @@ def train_batch(corpus: Corpus, cfg: DataConfig, seed: int, step: int) -> tuple[
     return _windows(corpus.train, starts, cfg.seq_len)
 
 
-def val_batches(corpus: Corpus, cfg: DataConfig, sequences: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation set: ``sequences`` (default ``cfg.val_sequences``) windows spread evenly over the
-    validation split, in batches of ``batch_size``."""
+def micro_batch_size(batch_size: int, world: int, micro_batches: int) -> int:
+    """Sequences per micro-batch per rank, ``batch_size / (world * micro_batches)``; a one-line error when the
+    global batch does not divide."""
+    if batch_size % (world * micro_batches):
+        raise MoeRouteError(
+            f"[data] batch_size={batch_size} does not divide over {world} process(es) x {micro_batches} "
+            "micro-batch(es): the global batch must be a multiple of their product"
+        )
+    return batch_size // (world * micro_batches)
+
+
+def rank_micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world: int, micro_batches: int
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The rows of global batch ``x``, ``y`` ``[B, S]`` that rank ``rank`` of ``world`` trains on, cut into
+    ``micro_batches`` micro-batches of ``b = B / (world * micro_batches)`` sequences.
+
+    Micro-batch ``m`` of rank ``r`` is rows ``[(m * world + r) * b, (m * world + r + 1) * b)``, so micro-batch
+    ``m`` of all ranks together is rows ``[m * world * b, (m + 1) * world * b)``: the same tokens, in the same
+    micro-batch, whatever the number of ranks. A batch that does not divide is refused with one line."""
+    b = micro_batch_size(x.shape[0], world, micro_batches)
+    rows = [slice((m * world + rank) * b, (m * world + rank + 1) * b) for m in range(micro_batches)]
+    return [(x[r], y[r]) for r in rows]
+
+
+def val_windows(corpus: Corpus, cfg: DataConfig, sequences: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed validation set, inputs and targets ``[V, S]``: ``sequences`` (default ``cfg.val_sequences``)
+    windows spread evenly over the validation split."""
     count = sequences or cfg.val_sequences
     last = corpus.val.numel() - cfg.seq_len - 1
     starts = torch.linspace(0, last, count).long() if count > 1 else torch.zeros(1, dtype=torch.long)
-    x, y = _windows(corpus.val, starts, cfg.seq_len)
-    return list(zip(x.split(cfg.batch_size), y.split(cfg.batch_size)))
+    return _windows(corpus.val, starts, cfg.seq_len)
+
+
+def val_batches(corpus: Corpus, cfg: DataConfig, sequences: int | None = None, rank: int = 0, world: int = 1,
+                batch: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The validation windows of :func:`val_windows` that rank ``rank`` of ``world`` evaluates (a contiguous
+    share; ranks may get one sequence more or less), in batches of ``batch`` (default ``batch_size``)."""
+    x, y = val_windows(corpus, cfg, sequences)
+    x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+    size = batch or cfg.batch_size
+    return list(zip(x.split(size), y.split(size)))

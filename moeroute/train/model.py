@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,6 +11,11 @@ from torch import nn
 from moeroute.train.config import ModelConfig
 from moeroute.train.moe import MoELayer, MoEStats
 from moeroute.weights.schedule import SoftTopkSchedule
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-byte cross-entropy in nats: logits ``[B, S, vocab]``, targets long ``[B, S]``."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 class Block(nn.Module):
@@ -23,7 +30,7 @@ class Block(nn.Module):
         nn.init.normal_(self.proj.weight, std=0.02 / (2 * cfg.layers) ** 0.5)
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.moe = MoELayer(cfg.d_model, cfg.expert_hidden, cfg.experts, cfg.k, cfg.capacity_factor,
-                            router, weights, cfg.aux_loss_coef, cfg.layers, schedule)
+                            router, weights, cfg.layers, schedule)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEStats]:
         b, t, d = x.shape
@@ -64,12 +71,11 @@ class MoELM(nn.Module):
             stats.append(s)
         return self.ln_f(x) @ self.embed.weight.t(), stats
 
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[MoEStats]]:
-        """Mean next-byte cross-entropy (nats), the summed balance loss of all layers, and the layer stats."""
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, list[MoEStats]]:
+        """Mean next-byte cross-entropy (nats) and the layer stats (the router losses are the trainer's:
+        :mod:`moeroute.train.losses`)."""
         logits, stats = self(idx)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        aux = torch.stack([s.aux_loss for s in stats]).sum()
-        return ce, aux, stats
+        return cross_entropy(logits, targets), stats
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [b.moe.gate.weight for b in self.blocks]
@@ -78,6 +84,12 @@ class MoELM(nn.Module):
         """Advance every layer's SoftTopk schedule by one optimizer step."""
         for block in self.blocks:
             block.moe.router.step()
+
+    def step_router_states(self, all_reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
+        """After an optimizer step: every layer's stateful router reduces its statistics over the data-parallel
+        ranks (:meth:`MoELayer.step_router_state`)."""
+        for block in self.blocks:
+            block.moe.step_router_state(all_reduce)
 
     @property
     def temperature(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,24 +25,13 @@ from moeroute.weights.schedule import SoftTopkSchedule
 
 @dataclass
 class MoEStats:
-    """What one MoE layer did on one batch: its router input (detached logits/scores ``[G, T, E]``), the routing,
-    and the balance loss."""
+    """What one MoE layer did on one batch: its router input with detached logits/scores ``[G, T, E]``
+    (``inputs``, for metrics and captures), the same input with live logits and softmax scores (``live``, with
+    gradient, for the balance and z-losses of :mod:`moeroute.train.losses`), and the routing."""
 
     inputs: RouterInput
+    live: RouterInput
     routing: Routing
-    aux_loss: torch.Tensor
-
-
-def balance_loss(scores: torch.Tensor, coef: float) -> torch.Tensor:
-    """GShard's auxiliary loss ``coef * E * sum_e m_e c_e`` per group, averaged over groups.
-
-    ``scores`` ``[G, T, E]`` (softmax, with grad): ``m_e`` is the mean score of expert ``e`` in a group, ``c_e``
-    the fraction of the group's tokens whose first choice is ``e`` (before capacity, as DeepSpeed's
-    ``top2gating``). The same for every router, so every arm minimises the same loss."""
-    e = scores.shape[-1]
-    me = scores.mean(dim=1)
-    ce = F.one_hot(scores.argmax(dim=-1), e).to(scores.dtype).mean(dim=1)
-    return coef * e * (me * ce).sum(dim=-1).mean()
 
 
 def dispatch_experts(
@@ -78,21 +67,27 @@ class MoELayer(nn.Module):
     The gate, routing and combine weights are a :class:`moeroute.nn.MaxScoreRouter` (its SoftTopk schedule is this
     layer's; the step is the ``schedule_step`` buffer of the state dict). Input ``[G, T, D]``: each of the ``G``
     sequences is one routing group of ``T`` tokens with capacity ``C = ceil(cf * k * T / E)``.
+
+    A stateful router's state (a dict of tensors) lives in :attr:`router_state`: handed in as
+    ``RouterInput.state`` on every forward, replaced by the returned ``Routing.state`` after a training forward
+    (evaluation reads it and leaves it alone), advanced by :meth:`step_router_state` after every optimizer step,
+    and saved in the state dict (its ``_extra_state``), so checkpoints carry it.
     """
 
     def __init__(
         self, d_model: int, hidden: int, experts: int, k: int, capacity_factor: Optional[float],
-        router: str = "gshard", weights: str = "softmax", aux_loss_coef: float = 0.01, layers: int = 1,
+        router: str = "gshard", weights: str = "softmax", layers: int = 1,
         schedule: Optional[SoftTopkSchedule] = None,
     ) -> None:
         super().__init__()
-        self.k, self.capacity_factor, self.aux_loss_coef = k, capacity_factor, aux_loss_coef
+        self.k, self.capacity_factor = k, capacity_factor
         self.router = MaxScoreRouter(d_model, experts, k, capacity_factor, router=router, weights=weights,
                                      schedule=schedule or SoftTopkSchedule())
         self.w1 = nn.Parameter(torch.randn(experts, d_model, hidden) / math.sqrt(d_model))
         # Output projections scaled down by depth, as GPT-2 does, so the residual stream starts calm.
         self.w2 = nn.Parameter(torch.randn(experts, hidden, d_model) / math.sqrt(hidden) / math.sqrt(2 * layers))
         nn.init.normal_(self.router.gate.weight, std=0.02)
+        self.router_state: dict[str, torch.Tensor] = {}
 
     @property
     def gate(self) -> nn.Linear:
@@ -102,10 +97,31 @@ class MoELayer(nn.Module):
         """``x`` ``[G, T, D]`` -> ``[G, T, D]`` and the layer's :class:`MoEStats`. The SoftTopk temperature is the
         router's schedule in training mode and ``t = 1`` in eval mode."""
         g, t, d = x.shape
-        out = self.router(x)
+        out = self.router(x, state=self.router_state)
+        if self.training:
+            # detached: a state must not hold this step's graph into the next
+            self.router_state = {key: value.detach() for key, value in out.routing.state.items()}
         y = dispatch_experts(x.reshape(g * t, d), out.experts.reshape(g * t, -1), out.weights.reshape(g * t, -1),
                              self.w1, self.w2)
         # The router already grouped the logits per sequence and took their softmax: reuse both.
         live = out.inputs
-        stats_input = replace(live, logits=live.logits.detach(), scores=live.scores.detach())
-        return y.reshape(g, t, d), MoEStats(stats_input, out.routing, balance_loss(live.scores, self.aux_loss_coef))
+        stats_input = replace(live, logits=live.logits.detach(), scores=live.scores.detach(), state={})
+        return y.reshape(g, t, d), MoEStats(stats_input, live, out.routing)
+
+    def step_router_state(self, all_reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
+        """Once per optimizer step: the router's registered ``step_update(state, all_reduce, opts)`` (if it has
+        one) turns the statistics its state gathered over the step into the next step's state; ``all_reduce``
+        reduces over the data-parallel ranks (the identity in one process)."""
+        bound = self.router.bound
+        update = bound.entry.step_update
+        if update is not None:
+            new = update(dict(self.router_state), all_reduce, bound.options)
+            self.router_state = {key: value.detach() for key, value in dict(new).items()}
+
+    def get_extra_state(self) -> Any:
+        return {"router_state": dict(self.router_state)}
+
+    def set_extra_state(self, state: Any) -> None:
+        device = self.w1.device
+        saved = state.get("router_state", {}) if isinstance(state, dict) else {}
+        self.router_state = {key: value.to(device) for key, value in saved.items()}

@@ -11,7 +11,9 @@ from typing import Optional
 
 import pandas as pd
 
+from moeroute.core.atomic import atomic_open, atomic_write_text
 from moeroute.core.options import parse_spec
+from moeroute.core.presentation import LINESTYLES, SeriesStyle, markdown_table, pyplot, save_figure
 from moeroute.train.config import AblationConfig, Arm
 
 # The MaxScore paper's ablation (Table: average accuracy; higher is better), best first.
@@ -26,8 +28,19 @@ def _role(arm: Arm) -> tuple[str, str]:
     return parse_spec(arm.router)[0], arm.weights
 
 
+ROUTING_SUMMARY = ("slot_drop_rate", "second_choice_drop_rate", "mean_load_ratio", "max_load_ratio",
+                   "balance_violation", "rank1_affinity_with_drops", "rank2_affinity_with_drops")
+"""Routing columns of a log that the summary averages over the last 10% of training (older logs lack the last
+three: they show as n/a)."""
+
+
 def read_log(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 layer``, ``2 layers``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def run_summary(log: pd.DataFrame, tail: float = 0.1) -> dict[str, float]:
@@ -42,8 +55,7 @@ def run_summary(log: pd.DataFrame, tail: float = 0.1) -> dict[str, float]:
         "seconds": float(log["step_time_s"].sum()),
         "step_time_s": float(log["step_time_s"].median()),
     }
-    for key in ("slot_drop_rate", "second_choice_drop_rate", "mean_load_ratio", "max_load_ratio",
-                "rank1_affinity", "rank2_affinity"):
+    for key in ROUTING_SUMMARY:
         out[key] = float(last[key].mean()) if key in last and last[key].notna().any() else math.nan
     return out
 
@@ -78,7 +90,9 @@ def summarise(cfg: AblationConfig, results_dir: Path) -> AblationSummary:
         train_loss_mean=("final_train_loss", "mean"),
         slot_drop_rate=("slot_drop_rate", "mean"), second_choice_drop_rate=("second_choice_drop_rate", "mean"),
         mean_load_ratio=("mean_load_ratio", "mean"), max_load_ratio=("max_load_ratio", "mean"),
-        rank1_affinity=("rank1_affinity", "mean"), rank2_affinity=("rank2_affinity", "mean"),
+        balance_violation=("balance_violation", "mean"),
+        rank1_affinity_with_drops=("rank1_affinity_with_drops", "mean"),
+        rank2_affinity_with_drops=("rank2_affinity_with_drops", "mean"),
         seconds_per_run=("seconds", "mean"), step_time_s=("step_time_s", "mean"),
     ).reset_index()
     return AblationSummary(runs, agg, logs)
@@ -96,81 +110,113 @@ def _baseline_arm(cfg: AblationConfig) -> str:
     return cfg.arms[0].name
 
 
-def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) -> list[Path]:
-    """Three PNGs: loss curves (with the paired training-loss difference to the baseline arm: same seed, same
-    batches, so most batch noise cancels), second-choice drop and load ratio over training, rank-1/rank-2
-    affinities. Each curve is the mean over seeds; the band spans min..max over seeds."""
-    import matplotlib
+def _has_pairs(summary: AblationSummary, base: str) -> bool:
+    """Whether some arm other than ``base`` has a seed that ``base`` also has (a paired difference exists)."""
+    return any(arm != base and (base, seed) in summary.logs for arm, seed in summary.logs)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [a.name for a in cfg.arms if any(k[0] == a.name for k in summary.logs)]
-    colors = {n: plt.cm.tab10(i) for i, n in enumerate(names)}
-    styles = {n: ("-", "--", "-.", ":")[i % 4] for i, n in enumerate(names)}
-    steps = max(int(log["step"].iloc[-1]) for log in summary.logs.values())
-    span = max(5, steps // 15)
-    base = _baseline_arm(cfg)
+def figure_panels(summary: AblationSummary, base: str) -> dict[str, list[tuple[str, str, str]]]:
+    """``{filename: [(column, title, mode), ...]}`` of the figures; ``mode`` is ``raw``, ``ema`` or ``diff``.
+    The paired-difference panel appears only when an arm other than the baseline ran, and a column no log has
+    (older logs) is left out rather than drawn as an empty panel."""
+    present = set().union(*(log.columns for log in summary.logs.values()))
+    loss = [("val_loss", "validation loss (nats/byte, t = 1)", "raw"),
+            ("train_loss", "training loss (nats/byte, EMA)", "ema")]
+    if _has_pairs(summary, base):
+        loss.append(("train_loss", f"training loss − {base}, same seed and batches (EMA)", "diff"))
     panels = {
-        "loss_curves.png": [("val_loss", "validation loss (nats/byte, t = 1)", "raw"),
-                            ("train_loss", "training loss (nats/byte, EMA)", "ema"),
-                            ("train_loss", f"training loss − {base}, same seed and batches (EMA)", "diff")],
+        "loss_curves.png": loss,
         "drop_load.png": [("second_choice_drop_rate", "second-choice drop rate (EMA)", "ema"),
-                          ("mean_load_ratio", "mean load ratio sum(load)/(E*C) (EMA)", "ema")],
-        "affinity.png": [("rank1_affinity", "mean rank-1 affinity (EMA)", "ema"),
-                         ("rank2_affinity", "mean rank-2 affinity (EMA)", "ema")],
+                          ("mean_load_ratio", "mean load ratio sum(load)/(E*C) (EMA)", "ema"),
+                          ("balance_violation", "balance violation max(load)/mean(load) − 1, global batch (EMA)",
+                           "ema")],
+        "affinity.png": [("rank1_affinity_with_drops", "mean rank-1 score over all tokens, dropped slot = 0 (EMA)",
+                          "ema"),
+                         ("rank2_affinity_with_drops", "mean rank-2 score over all tokens, dropped slot = 0 (EMA)",
+                          "ema")],
     }
+    return {name: [p for p in specs if p[0] in present] for name, specs in panels.items()}
+
+
+def _curves(summary: AblationSummary, name: str, key: str, mode: str, base: str, span: int) -> list[pd.Series]:
+    """One series per seed of arm ``name`` for one panel (EMA-smoothed unless ``raw``; minus the baseline arm's
+    same-seed curve for ``diff``)."""
+    curves = []
+    for (arm, seed), log in summary.logs.items():
+        if arm != name or key not in log:
+            continue
+        s = log.set_index("step")[key].dropna()
+        if mode == "diff":
+            ref = summary.logs.get((base, seed))
+            if ref is None or name == base:
+                continue
+            s = s - ref.set_index("step")[key]
+        if len(s.dropna()):
+            curves.append(s if mode == "raw" else _smooth(s.dropna(), span))
+    return curves
+
+
+def _draw_panel(ax, summary: AblationSummary, names: list[str], spec: tuple[str, str, str], base: str,
+                steps: int, style: dict, legend: bool) -> None:
+    key, title, mode = spec
+    span = max(5, steps // 15)
+    plotted, constant = [], []
+    for name in names:
+        curves = _curves(summary, name, key, mode, base, span)
+        if not curves:
+            continue
+        frame = pd.concat(curves, axis=1)
+        mean = frame.mean(axis=1)
+        plotted.append(mean)
+        if mode != "diff" and len(mean) > 1 and float(mean.max() - mean.min()) < 1e-9:
+            constant.append((f"{float(mean.iloc[0]):g}", name))
+        color, ls = style[name]
+        ax.plot(mean.index, mean.values, color=color, ls=ls, lw=1.5, label=f"{name} (n={frame.shape[1]})")
+        if frame.shape[1] > 1:
+            ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=color, alpha=0.12)
+    # Arms pinned at one value (no drops, full load) draw on top of each other: say so in the title.
+    note = "; ".join(f"at {v}: " + ", ".join(n for w, n in constant if w == v)
+                     for v in dict.fromkeys(w for w, _ in constant))
+    wrapped = textwrap.wrap(f"overlapping, {note}", 70, break_on_hyphens=False) if note else []
+    ax.set_title("\n".join(textwrap.wrap(title, 70) + wrapped), fontsize=9)
+    ax.set_xlabel("optimizer step")
+    ax.grid(alpha=0.3)
+    if mode == "diff":
+        ax.axhline(0.0, color="black", lw=0.8)
+    if key.endswith("loss") and mode != "diff" and plotted:
+        # Zoom past the first 10% of training, where every curve falls from ln(256) and hides the gaps.
+        later = pd.concat([m[m.index >= 0.1 * steps] for m in plotted])
+        if len(later) and later.max() > later.min():
+            lo, hi = later.min(), later.max()
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
+    if plotted and (legend or mode == "diff"):
+        ax.legend(fontsize=7)
+
+
+def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) -> list[Path]:
+    """Three PNGs: loss curves (with the paired training-loss difference to the baseline arm when another arm
+    ran: same seed, same batches, so most batch noise cancels), drop, load ratio and balance violation over
+    training, and rank-1/rank-2 affinities with drops counted as 0. Each curve is the mean over seeds; the band
+    spans min..max over seeds."""
+    plt = pyplot()  # the project's one figure style (moeroute.core.presentation), headless
+    names = [a.name for a in cfg.arms if any(k[0] == a.name for k in summary.logs)]
+    series = SeriesStyle(names)
+    # Distinct colours and dash patterns: arms pinned at the same value stay visible on top of each other.
+    style = {n: (series(n)["color"], LINESTYLES[i % len(LINESTYLES)]) for i, n in enumerate(names)}
+    steps = max(int(log["step"].iloc[-1]) for log in summary.logs.values())
+    base = _baseline_arm(cfg)
     written = []
-    for filename, specs in panels.items():
-        fig, axes = plt.subplots(1, len(specs), figsize=(5.5 * len(specs), 4.2))
-        for ax, (key, title, mode) in zip(axes, specs):
-            plotted, constant = [], []
-            for name in names:
-                curves = []
-                for (arm, seed), log in summary.logs.items():
-                    if arm != name or key not in log:
-                        continue
-                    s = log.set_index("step")[key].dropna()
-                    if mode == "diff":
-                        ref = summary.logs.get((base, seed))
-                        if ref is None or name == base:
-                            continue
-                        s = s - ref.set_index("step")[key]
-                    curves.append(s if mode == "raw" else _smooth(s.dropna(), span))
-                if not curves:
-                    continue
-                frame = pd.concat(curves, axis=1)
-                mean = frame.mean(axis=1)
-                plotted.append(mean)
-                if mode != "diff" and len(mean) > 1 and float(mean.max() - mean.min()) < 1e-9:
-                    constant.append((f"{float(mean.iloc[0]):g}", name))
-                ax.plot(mean.index, mean.values, color=colors[name], ls=styles[name], lw=1.5,
-                        label=f"{name} (n={frame.shape[1]})")
-                if frame.shape[1] > 1:
-                    ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=colors[name], alpha=0.12)
-            # Arms pinned at one value (no drops, full load) draw on top of each other: say so in the title.
-            note = "; ".join(f"at {v}: " + ", ".join(n for w, n in constant if w == v)
-                             for v in dict.fromkeys(w for w, _ in constant))
-            ax.set_title("\n".join([title] + textwrap.wrap(f"overlapping, {note}", 70, break_on_hyphens=False) if note else [title]), fontsize=9)
-            ax.set_xlabel("optimizer step")
-            ax.grid(alpha=0.3)
-            if mode == "diff":
-                ax.axhline(0.0, color="black", lw=0.8)
-            if key.endswith("loss") and mode != "diff" and plotted:
-                # Zoom past the first 10% of training, where every curve falls from ln(256) and hides the gaps.
-                later = pd.concat([m[m.index >= 0.1 * steps] for m in plotted])
-                if len(later) and later.max() > later.min():
-                    lo, hi = later.min(), later.max()
-                    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
-            if plotted and (ax is axes[0] or mode == "diff"):
-                ax.legend(fontsize=7)
+    for filename, specs in figure_panels(summary, base).items():
+        if not specs:
+            continue
+        fig, axes = plt.subplots(1, len(specs), figsize=(5.5 * len(specs), 4.2), squeeze=False)
+        for i, (ax, spec) in enumerate(zip(axes[0], specs)):
+            _draw_panel(ax, summary, names, spec, base, steps, style, legend=i == 0)
         fig.suptitle(f"{cfg.source}" + (f" --profile {cfg.profile}" if cfg.profile else "")
                      + ": mean over seeds, band = min..max over seeds", fontsize=10)
         fig.tight_layout()
         path = out_dir / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path)
         written.append(path)
     return written
 
@@ -181,7 +227,7 @@ def _pm(mean: float, std: float) -> str:
 
 def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[str]:
     """Plain sentences: does the 2×2 reproduce the paper's ordering (flow + SoftTopk best, then SoftTopk only,
-    flow only, GShard), and are the differences larger than the spread across seeds (Welch's t-test)?"""
+    flow only, GShard), and are the differences to GShard larger than the spread across seeds (paired t-test)?"""
     by_role = {}
     for arm in cfg.arms:
         row = summary.arms[summary.arms["arm"] == arm.name]
@@ -189,7 +235,12 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
             by_role[_role(arm)] = (arm.name, row.iloc[0])
     missing = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in by_role]
     if missing:
-        lines = [f"The paper's 2×2 cannot be checked yet: no results for {', '.join(missing)}."]
+        in_config = {_role(a) for a in cfg.arms}
+        absent = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in in_config]
+        if absent:
+            lines = [f"This config does not hold the paper's whole 2×2 (no arm for {', '.join(absent)})."]
+        else:
+            lines = [f"The paper's 2×2 cannot be checked yet: no results for {', '.join(missing)}."]
         return lines + _paired_lines(summary, by_role) if ("gshard", "softmax") in by_role else lines
     ours = sorted(PAPER_ORDER, key=lambda r: by_role[r][1]["val_loss_mean"])
     lines = [
@@ -211,83 +262,145 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
     return lines + _paired_lines(summary, by_role)
 
 
+def winner_lines(summary: AblationSummary) -> list[str]:
+    """Which arm has the lowest mean final validation loss (any set of arms)."""
+    a = summary.arms.dropna(subset=["val_loss_mean"])
+    if len(a) < 2:
+        return []
+    best = a.sort_values("val_loss_mean").iloc[0]
+    return [f"Lowest mean final validation loss: `{best['arm']}`, {_pm(best['val_loss_mean'], best['val_loss_std'])} "
+            f"over {plural(int(best['seeds']), 'seed')}; whether that is more than seed noise is in the paired "
+            "differences below."]
+
+
+def _verdict(p: float, strict: float) -> str:
+    if p < strict:
+        return "significant, also after the Bonferroni correction"
+    if p < 0.05:
+        return "p < 0.05, but not after the Bonferroni correction"
+    return "not significant at p < 0.05"
+
+
 def _paired_lines(summary: AblationSummary, by_role: dict) -> list[str]:
+    """The paired differences of every other arm to GShard + softmax, with a paired t-test over seeds; nothing
+    when no other arm ran (no dangling header)."""
     try:
         from scipy.stats import ttest_rel
     except ImportError:  # scipy is a dependency; keep the report readable without it anyway
         return []
-    lines = [""]
-    lines.append("Differences to GShard in final validation loss, paired by seed (same initial weights and batches), "
-                 "with a paired t-test over seeds")
     base_name = by_role[("gshard", "softmax")][0]
     base = summary.runs[summary.runs["arm"] == base_name].set_index("seed")["final_val_loss"]
+    others = [name for name in summary.arms["arm"] if name != base_name]
+    if not others:
+        return ["", f"Only the baseline arm `{base_name}` has results: nothing to compare it with yet."]
     labels = {name: PAPER_LABEL[role] for role, (name, _) in by_role.items() if role in PAPER_LABEL}
     # Several arms are tested against one baseline: say which differences survive a Bonferroni correction too.
-    tests = max(1, len(summary.arms) - 1)
-    strict = 0.05 / tests
-    lines[-1] += f" ({tests} comparisons; Bonferroni threshold p < {strict:.4f}):"
-    for name in summary.arms["arm"]:
-        if name == base_name:
-            continue
+    strict = 0.05 / len(others)
+    lines = ["", "Differences to GShard in final validation loss, paired by seed (same initial weights and batches), "
+             f"with a paired t-test over seeds ({plural(len(others), 'comparison')}; Bonferroni threshold "
+             f"p < {strict:.4f}):"]
+    for name in others:
         label = f"{labels[name]} (`{name}`)" if name in labels else f"`{name}`"
         other = summary.runs[summary.runs["arm"] == name].set_index("seed")["final_val_loss"]
         seeds = sorted(set(base.index) & set(other.index))
         diff = (other[seeds] - base[seeds])
         if len(seeds) >= 2:
             p = float(ttest_rel(other[seeds], base[seeds]).pvalue)
-            if p < strict:
-                verdict = "significant, also after the Bonferroni correction"
-            elif p < 0.05:
-                verdict = "p < 0.05, but not after the Bonferroni correction"
-            else:
-                verdict = "not significant at p < 0.05"
             lines.append(f"- {label} − GShard: {diff.mean():+.4f} ± {diff.std():.4f} nats/byte over "
-                         f"{len(seeds)} seeds ({int((diff < 0).sum())} of {len(seeds)} lower), p = {p:.3f}: {verdict}.")
+                         f"{len(seeds)} seeds ({int((diff < 0).sum())} of {len(seeds)} lower), p = {p:.3f}: "
+                         f"{_verdict(p, strict)}.")
+        elif seeds:
+            lines.append(f"- {label} − GShard: {diff.mean():+.4f} nats/byte (one paired seed: no test).")
         else:
-            lines.append(f"- {label} − GShard: {diff.mean():+.4f} nats/byte (fewer than two paired seeds: no test).")
+            lines.append(f"- {label}: no seed in common with GShard: no paired difference.")
     return lines
+
+
+def default_title(cfg: AblationConfig) -> str:
+    """The 2×2 ablation's title when the config holds the paper's four arms, else one naming the routers."""
+    if cfg.output.title:
+        return cfg.output.title
+    roles = {_role(a) for a in cfg.arms}
+    if all(r in roles for r in PAPER_ORDER):
+        return "Training ablation: GShard vs MaxScore routing × softmax vs SoftTopk weights"
+    return "Training ablation: " + ", ".join(dict.fromkeys(parse_spec(a.router)[0] for a in cfg.arms))
+
+
+def _verdict_heading(cfg: AblationConfig) -> str:
+    roles = {_role(a) for a in cfg.arms}
+    return "Does the paper's ordering hold?" if all(r in roles for r in PAPER_ORDER) else "Which arm has the lowest loss?"
+
+
+def _num(value: float, fmt: str) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
+
+
+def _losses_sentence(cfg: AblationConfig) -> str:
+    m = cfg.model
+    scope = {"group": "per routing group", "micro_batch": "per micro-batch of each rank",
+             "global": "with cₑ over the global batch (all ranks and micro-batches; Qwen's global-batch loss)"}
+    text = (f"balance loss {m.aux_loss_coef}·E·Σ mₑcₑ {scope[m.balance_scope]}" if m.aux_loss_coef
+            else "no balance loss")
+    if m.z_loss_coef:
+        text += f", router z-loss {m.z_loss_coef}·mean(logsumexp(logits)²)"
+    return text
+
+
+def _intro(summary: AblationSummary, cfg: AblationConfig) -> str:
+    m, d, t = cfg.model, cfg.data, cfg.train
+    seeds = ", ".join(map(str, sorted(summary.runs["seed"].unique())))
+    micro = f" in {plural(t.micro_batches, 'micro-batch')}" if t.micro_batches > 1 else ""
+    return (
+        f"Config `{cfg.source}`" + (f", profile `{cfg.profile}`" if cfg.profile else "") + ". "
+        f"Byte-level decoder-only MoE LM: {plural(m.layers, 'layer')}, d_model {m.d_model}, {plural(m.heads, 'head')}, "
+        f"every block's FFN an MoE of {m.experts} experts (hidden {m.expert_hidden}), top-{m.k}, capacity factor "
+        f"{m.capacity_factor} per {d.seq_len}-token sequence (each sequence is one routing group), "
+        f"{_losses_sentence(cfg)}. Global batch {d.batch_size} × {d.seq_len} bytes{micro}, "
+        f"{plural(t.steps, 'step')} ({t.steps * d.batch_size * d.seq_len / 1e6:.2f} M tokens), AdamW lr {t.lr} "
+        f"(warm-up {t.warmup_steps}, cosine), seeds {seeds}. SoftTopk t = max({t.softtopk_start} − "
+        f"{t.softtopk_start - t.softtopk_end}·step/{t.softtopk_anneal_steps}, {t.softtopk_end}), t = 1 at "
+        "evaluation. Every arm sees the same batches and starts from the same weights for a seed; capacity arms "
+        "have the same expert FLOPs (E·C slots per group). Results do not depend on the number of data-parallel "
+        "processes (docs/training.md)."
+    )
+
+
+def _arm_table(a: pd.DataFrame) -> list[str]:
+    header = ["arm", "router", "weights", "seeds", "steps", "final val loss (mean ± std)", "min..max", "2nd-choice drop",
+              "slot drop", "mean load ratio", "max load ratio", "balance violation", "rank-1 affinity, drops = 0",
+              "rank-2 affinity, drops = 0", "s/run", "s/step"]
+    rows = [[r["arm"], f"`{r['router']}`", r["weights"], r["seeds"], r["steps"],
+             _pm(r["val_loss_mean"], r["val_loss_std"]), f"{r['val_loss_min']:.4f}..{r['val_loss_max']:.4f}",
+             f"{_num(100 * r['second_choice_drop_rate'], '.2f')}%", f"{100 * r['slot_drop_rate']:.2f}%",
+             f"{r['mean_load_ratio']:.4f}", f"{r['max_load_ratio']:.3f}", _num(r["balance_violation"], ".3f"),
+             _num(r["rank1_affinity_with_drops"], ".4f"), _num(r["rank2_affinity_with_drops"], ".4f"),
+             f"{r['seconds_per_run']:.0f}", f"{r['step_time_s']:.3f}"] for _, r in a.iterrows()]
+    return markdown_table(header, rows, align="lll" + "r" * 13).splitlines()
 
 
 def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, figures: list[Path],
                    scale_note: str = "", captured: Optional[str] = None) -> Path:
-    """The Markdown report (in the style of ``moeroute report``)."""
-    m, d, t = cfg.model, cfg.data, cfg.train
-    path.parent.mkdir(parents=True, exist_ok=True)
-    a = summary.arms
-    lines = [
-        "# Training ablation: GShard vs MaxScore routing × softmax vs SoftTopk weights", "",
-        f"Config `{cfg.source}`" + (f", profile `{cfg.profile}`" if cfg.profile else "") + ". "
-        f"Byte-level decoder-only MoE LM: {m.layers} layers, d_model {m.d_model}, {m.heads} heads, every block's FFN an "
-        f"MoE of {m.experts} experts (hidden {m.expert_hidden}), top-{m.k}, capacity factor {m.capacity_factor} per "
-        f"{d.seq_len}-token sequence (each sequence is one routing group), balance loss {m.aux_loss_coef}·E·Σ mₑcₑ. "
-        f"Batch {d.batch_size} × {d.seq_len} bytes, {t.steps} steps ({t.steps * d.batch_size * d.seq_len / 1e6:.2f} M "
-        f"tokens), AdamW lr {t.lr} (warm-up {t.warmup_steps}, cosine), seeds {', '.join(map(str, sorted(summary.runs['seed'].unique())))}. "
-        f"SoftTopk t = max({t.softtopk_start} − {t.softtopk_start - t.softtopk_end}·step/{t.softtopk_anneal_steps}, "
-        f"{t.softtopk_end}), t = 1 at evaluation. Every arm sees the same batches and starts from the same weights "
-        "for a seed; capacity arms have the same expert FLOPs (E·C slots per group).",
-        "",
-    ]
+    """The Markdown report (in the style of ``moeroute report``), written atomically."""
+    lines = [f"# {default_title(cfg)}", "", _intro(summary, cfg), ""]
     if scale_note:
         lines += [scale_note, ""]
-    lines += ["## Final validation loss per arm", "",
-              "| arm | router | weights | seeds | steps | final val loss (mean ± std) | min..max | 2nd-choice drop | "
-              "slot drop | mean load ratio | max load ratio | rank-1 aff. | rank-2 aff. | s/run | s/step |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for _, r in a.iterrows():
-        lines.append(
-            f"| {r['arm']} | `{r['router']}` | {r['weights']} | {r['seeds']} | {r['steps']} | "
-            f"{_pm(r['val_loss_mean'], r['val_loss_std'])} | {r['val_loss_min']:.4f}..{r['val_loss_max']:.4f} | "
-            f"{100 * r['second_choice_drop_rate']:.2f}% | {100 * r['slot_drop_rate']:.2f}% | {r['mean_load_ratio']:.4f} | "
-            f"{r['max_load_ratio']:.3f} | {r['rank1_affinity']:.4f} | {r['rank2_affinity']:.4f} | "
-            f"{r['seconds_per_run']:.0f} | {r['step_time_s']:.3f} |")
-    lines += ["", "Routing columns are averages over the last 10% of training steps and over layers (training batches). "
-              "For `dropless` the load ratio divides by k·T/E (no capacity) and the max load ratio is its padding "
-              "factor; it has no capacity, so its expert FLOPs are not matched to the other arms.", "",
-              "## Does the paper's ordering hold?", ""]
+    lines += ["## Final validation loss per arm", ""] + _arm_table(summary.arms)
+    own = [f"`{a.name}` ({a.own_losses})" for a in cfg.arms if a.own_losses and a.name in set(summary.arms["arm"])]
+    if own:
+        lines += ["", "Arms with router losses of their own (the others use the config's): " + ", ".join(own) + "."]
+    lines += ["", "Routing columns are averages over the last 10% of training steps and over layers (training "
+              "batches). Balance violation is max(load)/mean(load) − 1 of the tokens each expert received over the "
+              "step's global batch, after capacity. Affinity is the mean softmax score of each token's rank-r "
+              "slot over all tokens, a dropped slot counting 0, so dropping is not rewarded with a higher mean "
+              "(n/a: a log written before these columns existed). For `dropless` the load ratio divides by k·T/E "
+              "(no capacity) and the max load ratio is its padding factor; it has no capacity, so its expert FLOPs "
+              "are not matched to the other arms.", "", f"## {_verdict_heading(cfg)}", ""]
+    lines += winner_lines(summary)
     lines += ordering_statement(summary, cfg)
     lines += ["", "The paper's numbers are downstream accuracies of models trained far longer; here it is the next-byte "
               "validation loss of a small model, so the comparison is of direction, not size. SoftTopk's schedule is "
-              f"compressed to {t.softtopk_anneal_steps} steps here (the paper: 30000 steps of a much longer run)."]
+              f"compressed to {cfg.train.softtopk_anneal_steps} steps here (the paper: 30000 steps of a much longer "
+              "run)."]
     lines += ["", "## Figures", ""]
     for fig in figures:
         rel = Path(_relpath(fig, path.parent))
@@ -296,7 +409,7 @@ def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, fi
         lines += ["", "## Captured router logits", "", captured]
     lines += ["", "Per-step logs: one CSV per run in `" + cfg.output.results + "` (columns in "
               "`moeroute/train/loop.py: LOG_COLUMNS`); per-run and per-arm tables: `runs.csv`, `summary.csv` there."]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -306,14 +419,19 @@ def _relpath(target: Path, start: Path) -> str:
     return os.path.relpath(target.resolve(), start.resolve())
 
 
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_open(path, "w") as f:
+        frame.to_csv(f, index=False, float_format="%.6g")
+
+
 def write_report(cfg: AblationConfig, captured: Optional[str] = None) -> Optional[Path]:
     """Summarise the logs under ``cfg.output.results``: tables, figures, Markdown (with ``[output] note`` as its
-    scale note). ``None`` if there are no logs."""
+    scale note). ``None`` if there are no logs. Every file is written atomically."""
     results = Path(cfg.output.results)
     summary = summarise(cfg, results)
     if summary.runs.empty:
         return None
-    summary.runs.to_csv(results / "runs.csv", index=False, float_format="%.6g")
-    summary.arms.to_csv(results / "summary.csv", index=False, float_format="%.6g")
+    _write_csv(summary.runs, results / "runs.csv")
+    _write_csv(summary.arms, results / "summary.csv")
     figures = write_figures(summary, cfg, Path(cfg.output.reports))
     return write_markdown(summary, cfg, Path(cfg.output.report), figures, cfg.output.note, captured)
