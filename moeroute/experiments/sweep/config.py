@@ -111,9 +111,15 @@ class SweepConfig:
     """``(grid name, point, router specs)`` in run order, duplicates across grids removed."""
     resolved: dict[str, str] = field(default_factory=dict)
     """Each router spec of the config -> the spec with every option resolved (defaults filled in)."""
+    notes: tuple[str, ...] = ()
+    """Things a user should know before the run (e.g. tokens of a captured file that fill no group)."""
 
     def routers(self) -> list[str]:
         return sorted({r for g in self.grids for r in g.routers})
+
+    def run_spec(self, point: Point, spec: str) -> tuple[str, str]:
+        """The spec to run for router ``spec`` (as the config wrote it) at ``point``, and its resolved form."""
+        return spec, self.resolved[spec]
 
     def refusal(self, point: Point, spec: str) -> Optional[str]:
         """Why the router of ``spec`` refuses ``point`` by its declared precondition (``None``: it runs)."""
