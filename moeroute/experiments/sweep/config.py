@@ -6,7 +6,8 @@ for every grid at the top level, and a list ``grid`` of grids (TOML ``[[grid]]``
 
 - ``name``      the grid's label in the results (default ``grid<i>``)
 - ``routers``   router spec strings, e.g. ``"gshard"``, ``"maxscore:stage2=exact"`` (required)
-- ``workloads`` workload specs, e.g. ``"skew"``, ``"hot:hot=2"``, ``"captured:logits.safetensors:layer3"`` (required)
+- ``workloads`` workload specs, e.g. ``"skew"``, ``"hot:hot=2"``, ``"captured:logits.safetensors:layer3"``;
+                ``"captured:logits.safetensors:*"`` is one workload per layer of the file (required)
 - ``tokens``    tokens per group T (default ``[512]``)
 - ``groups``    groups per point G (default ``[4]``)
 - ``experts``   experts E (default ``[16]``; a ``captured:`` workload uses its file's E instead)
@@ -36,7 +37,7 @@ from moeroute.core.options import build_options, parse_spec
 from moeroute.core.problem import RouterInput, expert_capacity
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
-from moeroute.workloads import captured_tokens, check_workload, is_captured, parse_captured
+from moeroute.workloads import captured_shape, check_workload, expand_captured, is_captured, leftover_note
 
 
 @dataclass(frozen=True)
@@ -195,30 +196,40 @@ def _grid(where: str, raw: dict, index: int) -> tuple[Grid, dict[str, str]]:
     except MoeRouteError as exc:
         raise MoeRouteError(f"{where}: {exc}") from None
     routers, resolved = _canonical_routers(where, grid.routers)
+    workloads = []
     for spec in grid.workloads:
+        try:
+            workloads.extend(expand_captured(spec) if isinstance(spec, str) else [spec])
+        except MoeRouteError as exc:
+            raise MoeRouteError(f"{where}: workload {spec!r}: {exc}") from None
+    for spec in workloads:
         if not spec.strip():
             raise MoeRouteError(f"{where}: 'workloads' must be non-empty strings")
         try:
             check_workload(spec)
         except MoeRouteError as exc:
             raise MoeRouteError(f"{where}: workload {spec!r}: {exc}") from None
-    return Grid(**{**asdict(grid), "routers": routers, "name": grid.name.strip()}), resolved
+    fields = {**asdict(grid), "routers": routers, "workloads": tuple(dict.fromkeys(workloads)), "name": grid.name.strip()}
+    return Grid(**fields), resolved
 
 
-def _points(where: str, grid: Grid) -> list[Point]:
-    """The grid's points in run order (workload-major), with the checks that need the sizes."""
+def _points(where: str, grid: Grid, notes: list[str]) -> list[Point]:
+    """The grid's points in run order (workload-major), with the checks that need the sizes (a captured file's
+    header is read, not its logits)."""
     out = []
     for workload in grid.workloads:
         if is_captured(workload):
-            data = captured_tokens(*parse_captured(workload))
-            experts_list: tuple[int, ...] = (int(data.shape[1]),)
+            n, e = captured_shape(workload)
+            experts_list: tuple[int, ...] = (e,)
         else:
             experts_list = grid.experts
         for tokens in grid.tokens:
+            if is_captured(workload) and (note := leftover_note(workload, tokens)):
+                notes.append(note)
             for groups in grid.groups:
-                if is_captured(workload) and data.shape[0] // tokens < groups:
+                if is_captured(workload) and n // tokens < groups:
                     raise MoeRouteError(
-                        f"{where} ({grid.name}): {workload} holds {data.shape[0]} tokens, "
+                        f"{where} ({grid.name}): {workload} holds {n} tokens, "
                         f"too few for {groups} group(s) of {tokens}"
                     )
                 for experts in experts_list:
@@ -257,12 +268,14 @@ def load_config(path: str) -> SweepConfig:
         raise MoeRouteError(f"{path}: grid names repeat ({', '.join(names)})")
     points: list[tuple[str, Point, tuple[str, ...]]] = []
     seen: dict[Point, int] = {}
+    notes: list[str] = []
     for grid in grids:
-        for point in _points(f"{path}: grid", grid):
+        for point in _points(f"{path}: grid", grid, notes):
             if point in seen:  # the same logits in two grids: run the union of their routers once
                 gname, p, routers = points[seen[point]]
                 points[seen[point]] = (gname, p, tuple(dict.fromkeys(routers + grid.routers)))
             else:
                 seen[point] = len(points)
                 points.append((grid.name, point, grid.routers))
-    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points), resolved=resolved)
+    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points), resolved=resolved,
+                       notes=tuple(dict.fromkeys(notes)))
