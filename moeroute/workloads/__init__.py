@@ -14,6 +14,7 @@ from moeroute.workloads import synthetic as _synthetic  # noqa: F401  (registers
 from moeroute.workloads.captured import (
     captured_experts,
     captured_logits,
+    captured_settings,
     captured_shape,
     captured_source,
     captured_tokens,
@@ -58,6 +59,7 @@ __all__ = [
     "Workload",
     "captured_experts",
     "captured_logits",
+    "captured_settings",
     "captured_shape",
     "captured_source",
     "captured_tokens",

@@ -21,6 +21,7 @@ import torch
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import as_groups
 from moeroute.workloads.files import LogitsSource, logit_keys, open_logits
+from moeroute.workloads.settings import RoutingSettings, read_settings
 
 PREFIX = "captured:"
 ALL_LAYERS = "*"
@@ -91,6 +92,12 @@ def captured_shape(spec: str) -> tuple[int, int]:
     """``(N, E)`` of the logits a ``captured:`` spec names, from the file's header."""
     source = captured_source(*parse_captured(spec))
     return source.tokens, source.experts
+
+
+def captured_settings(spec: str) -> Optional[RoutingSettings]:
+    """The routing settings recorded with a ``captured:`` file (``moeroute capture`` writes them), or ``None``."""
+    path, key = parse_captured(spec)
+    return read_settings(path, captured_source(path, key).metadata)
 
 
 def captured_experts(spec: str) -> int:

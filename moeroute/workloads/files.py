@@ -200,6 +200,11 @@ class LogitsSource:
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
+    def group_tokens(self) -> Optional[int]:
+        """``T'`` of a file stored as ``[G', T', E]`` (its own groups); ``None`` for ``[N, E]``."""
+        return self._info.shape[1] if len(self._info.shape) == 3 else None
+
+    @property
     def label(self) -> str:
         return self.path + (f" [{self.key}]" if self.key else "")
 
