@@ -40,6 +40,8 @@ def _pick_integer(path: str, key: Optional[str]) -> tuple[str, torch.Tensor]:
     if key is None:
         ints = [k for k in tf.keys() if not tf.tensors[k].dtype.is_floating_point and tf.tensors[k].shape]
         key = ROUTED_EXPERTS if ROUTED_EXPERTS in tf.tensors else (ints[0] if len(ints) == 1 else None)
+        if key is None and len(tf.tensors) == 1:  # one tensor, not integer: say what it is below
+            key = next(iter(tf.tensors))
         if key is None and ints:
             raise MoeRouteError(f"{path}: holds several integer tensors; choose one with --key ({', '.join(ints)})")
         if key is None:

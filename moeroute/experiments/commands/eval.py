@@ -180,8 +180,9 @@ def _replay(args: argparse.Namespace, cf: Optional[float]) -> int:
     e = args.experts
     if e is None:
         e = max(int(r.experts.max()) for r in found) + 1
-        _notes().print(f"note: E={e} taken from the largest expert id (give --experts if some experts were never used)")
     results = [replay(r.experts, e, cf, args.group_size, args.ep_ranks, r.source, r.layer) for r in found]
+    if args.experts is None:
+        _notes().print(f"note: E={e} taken from the largest expert id (give --experts if some experts were never used)")
     if results[0].left_out:
         _notes().print(f"note: the last {results[0].left_out} token(s) of each layer fill no group of {args.group_size} "
                        f"and are left out of the capacity replay")
