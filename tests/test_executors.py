@@ -131,3 +131,79 @@ def test_rows_from_a_worker_with_other_code_are_refused(tmp_path, config, monkey
 
     with pytest.raises(MoeRouteError, match="runs other moeroute code"):
         run_sweep(load_config(config), tmp_path, progress=False, executor=OtherCode())
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc; Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+def test_killed_driver_keeps_whole_points_and_its_workers_exit(tmp_path, scratch_routers):
+    """SIGKILL a `moeroute run --workers 2` mid-sweep: whole points only on disk, the workers leave with the driver,
+    and a serial re-run finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from moeroute.experiments.sweep.store import read_results
+
+    plugin = tmp_path / "slow_router.py"
+    plugin.write_text(textwrap.dedent('''
+        import time
+        from moeroute.routers.gshard import GShardOptions, gshard
+        from moeroute.routers.registry import register_router
+
+        @register_router("test_dawdler", GShardOptions, "gshard after a nap")
+        def dawdler(x, opts):
+            time.sleep(0.05)
+            return gshard(x, opts)
+    '''))
+    cfg = tmp_path / "kill.toml"
+    cfg.write_text('name = "kill"\nrouters = ["gshard", "test_dawdler"]\nworkloads = ["gauss"]\ntokens = 32\n'
+                   'groups = 1\nexperts = 4\nseeds = 40\nrepeats = 1\n')
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "moeroute", "--plugin", str(plugin), "run", str(cfg), "--out", str(out),
+           "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(root)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if len(read_results(out / "kill.csv")) >= 6:
+                workers = _children(proc.pid)
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-500:]
+    rows = read_results(out / "kill.csv")
+    assert 6 <= len(rows) < 80 and len(rows) % 2 == 0  # whole points only
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # do not leave them behind even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert len(workers) >= 2 and not alive
+    from moeroute.core.plugins import load_plugin_file
+    from moeroute.routers import router_names
+
+    if "test_dawdler" not in router_names():
+        load_plugin_file(str(plugin))
+    summary = run_sweep(load_config(str(cfg)), out, progress=False)
+    assert summary.rows_skipped == len(rows) and summary.rows_written == 80 - len(rows)

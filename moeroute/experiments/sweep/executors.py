@@ -14,6 +14,8 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -34,12 +36,24 @@ def plugin_files() -> list[str]:
     )
 
 
-def _init_worker(plugins: list[str], threads: int) -> None:
-    """Start-up of a local worker process: the driver's plugins, and torch's thread count set once."""
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """Leave as soon as the driver is gone: a killed driver cannot shut its pool down, and a worker blocked on the
+    task queue would otherwise wait for ever (the queue's pipe stays open in the worker itself)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="moeroute-parent-watch", daemon=True).start()
+
+
+def _init_worker(plugins: list[str], threads: int, parent: int) -> None:
+    """Start-up of a local worker process: exit with the driver, load the driver's plugins, set torch's threads."""
     import torch
 
     from moeroute.core.plugins import load_plugin_file
 
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     for path in plugins:
         load_plugin_file(path)
@@ -111,7 +125,7 @@ class ProcessExecutor(Executor):
         self.threads = worker_threads(threads, workers)
         self.pool = cf.ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(plugin_files(), self.threads),
+            initializer=_init_worker, initargs=(plugin_files(), self.threads, os.getpid()),
         )
 
     def run(self, tasks: Iterable[PointTask]) -> Iterator[Finished]:
