@@ -1,5 +1,6 @@
-"""Record the router logits of a Hugging Face transformers MoE causal LM (Mixtral, Qwen2-MoE, OLMoE style) over a
-text, one ``[N, E]`` float32 tensor per MoE layer (``layer0``, ``layer1``, ... by the model's layer index).
+"""Record the router logits of a Hugging Face transformers MoE causal LM (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+DeepSeek-V3 style) over a text, one ``[N, E]`` float32 tensor per MoE layer (``layer0``, ``layer1``, ... by the
+model's layer index), and the routing settings of the model's config (:func:`routing_config`).
 
 Offline by construction: ``HF_HUB_OFFLINE`` is set before transformers is imported, and the model is either a
 local directory (weights if it has them, otherwise a random init from its ``config.json``) or a config JSON file
@@ -45,6 +46,38 @@ def num_experts(config: Any) -> int:
         if isinstance(value, int) and value > 0:
             return value
     raise MoeRouteError(f"model config ({type(config).__name__}) declares no experts ({', '.join(_EXPERT_KEYS)}): not an MoE model")
+
+
+# Models whose router scores are sigmoid(logits) although their config names no score function.
+_SIGMOID_MODELS = ("deepseek_v3", "glm4_moe", "dots1")
+# Models that always renormalise the top-k weights (no config switch).
+_ALWAYS_RENORMALISE = ("mixtral", "minimax", "jamba")
+
+
+def routing_config(config: Any) -> dict[str, Any]:
+    """What routing needs from a transformers config: experts per token ``k``, the score function (``softmax`` or
+    ``sigmoid``), group-limited routing (``groups`` = ``n_group``, ``group_topk`` = ``topk_group``), whether the
+    top-k weights are renormalised (``norm_topk_prob``) and the routed scaling factor. Unknown values are left out."""
+    model_type = str(getattr(config, "model_type", ""))
+    out: dict[str, Any] = {"model_type": model_type}
+    k = getattr(config, "num_experts_per_tok", None) or getattr(config, "moe_topk", None)
+    if isinstance(k, int) and k > 0:
+        out["k"] = k
+    score = getattr(config, "scoring_func", None)
+    out["score"] = str(score) if score else ("sigmoid" if model_type in _SIGMOID_MODELS else "softmax")
+    groups, group_topk = getattr(config, "n_group", None), getattr(config, "topk_group", None)
+    if isinstance(groups, int) and groups > 0:
+        out["groups"] = groups
+        if isinstance(group_topk, int) and group_topk > 0:
+            out["group_topk"] = group_topk
+    norm = getattr(config, "norm_topk_prob", None)
+    if isinstance(norm, bool):
+        out["renormalize"] = norm
+    elif model_type in _ALWAYS_RENORMALISE:
+        out["renormalize"] = True
+    scaling = getattr(config, "routed_scaling_factor", None)
+    out["routed_scaling"] = float(scaling) if isinstance(scaling, (int, float)) else 1.0
+    return out
 
 
 def load_model(model: str, seed: int = 0) -> tuple[Any, Optional[Any]]:

@@ -1,5 +1,6 @@
 """Workloads: where router logits ``[G, T, E]`` come from. Seeded synthetic families (``registry.py`` +
-``synthetic.py``) and logits captured from a real model (``captured.py``, spec ``captured:PATH[:KEY]``)."""
+``synthetic.py``) and logits captured from a real model (``captured.py``, spec ``captured:PATH[:KEY]``; readers in ``files.py`` and
+``megatron.py``); recorded routings without scores (``routings.py``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,15 @@ from moeroute.workloads import synthetic as _synthetic  # noqa: F401  (registers
 from moeroute.workloads.captured import (
     captured_experts,
     captured_logits,
+    captured_settings,
+    captured_shape,
+    captured_source,
     captured_tokens,
+    expand_captured,
     is_captured,
+    leftover_note,
     parse_captured,
+    read_windows,
 )
 from moeroute.workloads.registry import (
     Workload,
@@ -52,7 +59,13 @@ __all__ = [
     "Workload",
     "captured_experts",
     "captured_logits",
+    "captured_settings",
+    "captured_shape",
+    "captured_source",
     "captured_tokens",
+    "expand_captured",
+    "leftover_note",
+    "read_windows",
     "check_workload",
     "is_captured",
     "parse_captured",

@@ -22,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moeroute.capture.hf import capture_router_logits, load_model, save_tensors, tokenize
+    from moeroute.capture.hf import capture_router_logits, load_model, routing_config, save_tensors, tokenize
+    from moeroute.core.atomic import atomic_write_text
+    from moeroute.workloads.settings import RoutingSettings, settings_metadata, sidecar_path
 
     if args.max_length < 1:
         raise MoeRouteError(f"--max-length must be >= 1, got {args.max_length}")
@@ -50,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
         "tokenizer": "model" if tokenizer is not None else "utf8-bytes",
         "seed": str(args.seed),
     }
+    settings = RoutingSettings(**routing_config(net.config))
+    safetensors = args.out.lower().endswith(".safetensors")
+    if safetensors:
+        metadata.update(settings_metadata(settings))
     save_tensors(layers, args.out, metadata)
+    if not safetensors:  # a .pt file holds tensors only: the settings go beside it
+        atomic_write_text(sidecar_path(args.out), settings.to_json() + "\n")
     first = next(iter(layers.values()))
-    print(f"wrote {args.out}: {len(layers)} layer(s) ({', '.join(layers)}), {first.shape[0]} tokens x {first.shape[1]} experts")
+    print(f"wrote {args.out}: {len(layers)} layer(s) ({', '.join(layers)}), {first.shape[0]} tokens x {first.shape[1]} experts; "
+          f"routing: {settings.describe()}")
     return 0

@@ -6,11 +6,12 @@ for every grid at the top level, and a list ``grid`` of grids (TOML ``[[grid]]``
 
 - ``name``      the grid's label in the results (default ``grid<i>``)
 - ``routers``   router spec strings, e.g. ``"gshard"``, ``"maxscore:stage2=exact"`` (required)
-- ``workloads`` workload specs, e.g. ``"skew"``, ``"hot:hot=2"``, ``"captured:logits.safetensors:layer3"`` (required)
+- ``workloads`` workload specs, e.g. ``"skew"``, ``"hot:hot=2"``, ``"captured:logits.safetensors:layer3"``;
+                ``"captured:logits.safetensors:*"`` is one workload per layer of the file (required)
 - ``tokens``    tokens per group T (default ``[512]``)
 - ``groups``    groups per point G (default ``[4]``)
 - ``experts``   experts E (default ``[16]``; a ``captured:`` workload uses its file's E instead)
-- ``k``         experts per token (default ``[2]``)
+- ``k``         experts per token (default ``[2]``; a ``captured:`` file's recorded k when the config sets none)
 - ``cf``        capacity factors, numbers > 0 or ``"none"`` (no capacity) (default ``[1.0]``)
 - ``seeds``     a list of seeds, or a count ``n`` meaning ``0 .. n-1`` (default ``[0]``)
 - ``repeats``   timed calls per router for the latency median (default ``5``)
@@ -34,9 +35,17 @@ from moeroute.core.config_files import read_config_file
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.options import build_options, parse_spec
 from moeroute.core.problem import RouterInput, expert_capacity
-from moeroute.routers import bind_router, router_names
+from moeroute.routers import bind_router, resolve_spec, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS
-from moeroute.workloads import captured_tokens, check_workload, is_captured, parse_captured
+from moeroute.workloads import (
+    captured_settings,
+    captured_shape,
+    check_workload,
+    expand_captured,
+    is_captured,
+    leftover_note,
+)
+from moeroute.workloads.settings import RoutingSettings, with_settings
 
 
 @dataclass(frozen=True)
@@ -111,9 +120,23 @@ class SweepConfig:
     """``(grid name, point, router specs)`` in run order, duplicates across grids removed."""
     resolved: dict[str, str] = field(default_factory=dict)
     """Each router spec of the config -> the spec with every option resolved (defaults filled in)."""
+    notes: tuple[str, ...] = ()
+    """Things a user should know before the run (e.g. tokens of a captured file that fill no group)."""
+    settings: dict[str, RoutingSettings] = field(default_factory=dict)
+    """Captured workload -> the routing settings recorded with its file (docs/traces.md)."""
 
     def routers(self) -> list[str]:
         return sorted({r for g in self.grids for r in g.routers})
+
+    def run_spec(self, point: Point, spec: str) -> tuple[str, str]:
+        """The spec to run for router ``spec`` (as the config wrote it) at ``point``, and its resolved form: on a
+        captured file with recorded routing settings, the options they imply that the router accepts and the spec
+        does not set (``score``, ``groups``, ``group_topk``, ``renormalize``)."""
+        settings = self.settings.get(point.workload)
+        if settings is None:
+            return spec, self.resolved[spec]
+        run = with_settings(spec, settings)
+        return run, (self.resolved[spec] if run == spec else resolve_spec(run))
 
     def refusal(self, point: Point, spec: str) -> Optional[str]:
         """Why the router of ``spec`` refuses ``point`` by its declared precondition (``None``: it runs)."""
@@ -173,6 +196,7 @@ def _canonical_routers(where: str, specs: tuple[str, ...]) -> tuple[tuple[str, .
 
 
 def _grid(where: str, raw: dict, index: int) -> tuple[Grid, dict[str, str]]:
+    """A typed, checked grid and its routers' resolved specs (``k_given`` is recorded on the side by the caller)."""
     raw = {"name": f"grid{index}", **raw}
     for key in ("routers", "workloads"):
         if key not in raw:
@@ -189,34 +213,52 @@ def _grid(where: str, raw: dict, index: int) -> tuple[Grid, dict[str, str]]:
     except MoeRouteError as exc:
         raise MoeRouteError(f"{where}: {exc}") from None
     routers, resolved = _canonical_routers(where, grid.routers)
+    workloads = []
     for spec in grid.workloads:
+        try:
+            workloads.extend(expand_captured(spec) if isinstance(spec, str) else [spec])
+        except MoeRouteError as exc:
+            raise MoeRouteError(f"{where}: workload {spec!r}: {exc}") from None
+    for spec in workloads:
         if not spec.strip():
             raise MoeRouteError(f"{where}: 'workloads' must be non-empty strings")
         try:
             check_workload(spec)
         except MoeRouteError as exc:
             raise MoeRouteError(f"{where}: workload {spec!r}: {exc}") from None
-    return Grid(**{**asdict(grid), "routers": routers, "name": grid.name.strip()}), resolved
+    fields = {**asdict(grid), "routers": routers, "workloads": tuple(dict.fromkeys(workloads)), "name": grid.name.strip()}
+    return Grid(**fields), resolved
 
 
-def _points(where: str, grid: Grid) -> list[Point]:
-    """The grid's points in run order (workload-major), with the checks that need the sizes."""
+def _points(where: str, grid: Grid, notes: list[str], k_given: bool,
+            settings: dict[str, RoutingSettings]) -> list[Point]:
+    """The grid's points in run order (workload-major), with the checks that need the sizes (a captured file's
+    header is read, not its logits). A captured file's recorded ``k`` replaces the default ``k`` of a grid that
+    does not set one."""
     out = []
     for workload in grid.workloads:
+        ks = grid.k
         if is_captured(workload):
-            data = captured_tokens(*parse_captured(workload))
-            experts_list: tuple[int, ...] = (int(data.shape[1]),)
+            n, e = captured_shape(workload)
+            experts_list: tuple[int, ...] = (e,)
+            recorded = captured_settings(workload)
+            if recorded is not None:
+                settings[workload] = recorded
+                if recorded.k is not None and not k_given:
+                    ks = (recorded.k,)
         else:
             experts_list = grid.experts
         for tokens in grid.tokens:
+            if is_captured(workload) and (note := leftover_note(workload, tokens)):
+                notes.append(note)
             for groups in grid.groups:
-                if is_captured(workload) and data.shape[0] // tokens < groups:
+                if is_captured(workload) and n // tokens < groups:
                     raise MoeRouteError(
-                        f"{where} ({grid.name}): {workload} holds {data.shape[0]} tokens, "
+                        f"{where} ({grid.name}): {workload} holds {n} tokens, "
                         f"too few for {groups} group(s) of {tokens}"
                     )
                 for experts in experts_list:
-                    for k in grid.k:
+                    for k in ks:
                         if k > experts:
                             raise MoeRouteError(f"{where} ({grid.name}): k={k} exceeds E={experts} ({workload})")
                         for cf in grid.cf:
@@ -241,22 +283,26 @@ def load_config(path: str) -> SweepConfig:
         grids_raw = [{}]
     if not isinstance(grids_raw, list) or not grids_raw or not all(isinstance(g, dict) for g in grids_raw):
         raise MoeRouteError(f"{path}: 'grid' must be a non-empty list of tables")
-    grids, resolved = [], {}
+    grids, resolved, k_given = [], {}, []
     for i, g in enumerate(grids_raw):
         grid, res = _grid(f"{path}: grid {i}", {**top, **g}, i)
         grids.append(grid)
         resolved.update(res)
+        k_given.append("k" in top or "k" in g)
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise MoeRouteError(f"{path}: grid names repeat ({', '.join(names)})")
     points: list[tuple[str, Point, tuple[str, ...]]] = []
     seen: dict[Point, int] = {}
-    for grid in grids:
-        for point in _points(f"{path}: grid", grid):
+    notes: list[str] = []
+    settings: dict[str, RoutingSettings] = {}
+    for grid, given in zip(grids, k_given):
+        for point in _points(f"{path}: grid", grid, notes, given, settings):
             if point in seen:  # the same logits in two grids: run the union of their routers once
                 gname, p, routers = points[seen[point]]
                 points[seen[point]] = (gname, p, tuple(dict.fromkeys(routers + grid.routers)))
             else:
                 seen[point] = len(points)
                 points.append((grid.name, point, grid.routers))
-    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points), resolved=resolved)
+    return SweepConfig(name=name.strip(), path=str(file), grids=tuple(grids), points=tuple(points), resolved=resolved,
+                       notes=tuple(dict.fromkeys(notes)), settings=settings)

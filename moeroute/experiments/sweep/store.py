@@ -1,4 +1,4 @@
-"""Where a sweep's rows live, written so that a kill at any moment loses at most the point in flight and a reader
+"""Where a sweep's rows live, written so that a kill at any moment loses at most the points in flight and a reader
 never sees a torn file, at a cost per finished point proportional to the rows it adds.
 
 Layout, for a sweep named ``NAME`` in folder ``out``::
@@ -9,14 +9,18 @@ Layout, for a sweep named ``NAME`` in folder ``out``::
     out/NAME.lock             held by the one run writing this sweep
 
 Why segments: rewriting the whole CSV after every point costs O(rows already written) per point, which is fine at
-a thousand rows and not at a million. A segment is a small complete CSV written by :func:`atomic_open` (temp file,
-fsync, rename), so it is either absent or whole. Compaction (merge the table and the segments into a new table,
-atomically, then delete the segments) runs once at the end of a run and when a run starts after a killed one;
-:func:`read_results` reads the table and any segments alike, so readers never need to know.
+a thousand rows and not at a million (measured in benchmarks/PERF.md). A segment is a small complete CSV written by
+:func:`atomic_open` (temp file, fsync, rename), so it is either absent or whole. Compaction (stream the table and
+the segments into a new table, atomically, then delete the segments) runs once at the end of a run and when a run
+starts after a killed one; :func:`read_results` reads the table and any segments alike, so readers never need to
+know.
 
 Every row carries ``row_sha``, a hash of its other fields: a row cut short or edited outside the program (a
 truncated last line, a NUL byte, a wrong field count) fails the check and is moved aside, named by file and line,
 instead of being trusted or crashing a reader.
+
+Memory: the writer keeps only an index (key -> errored?, code fingerprint) of the stored rows, not the rows, and
+compaction streams lines from file to file, so a table of a million rows costs the index, not the table.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import csv
 import hashlib
 import io
 import os
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 from moeroute.core.atomic import atomic_open, clean_partials, fsync_dir
 from moeroute.core.errors import MoeRouteError
@@ -41,16 +46,16 @@ CHECKSUM = "row_sha"
 
 
 def row_checksum(row: dict[str, Any], columns: Iterable[str]) -> str:
-    """A 12-hex-digit hash of a row's fields (every column but the checksum, in order, as written)."""
-    digest = hashlib.sha1()
-    for col in columns:
-        if col == CHECKSUM:
-            continue
-        digest.update(col.encode())
-        digest.update(b"=")
-        digest.update(_text(row.get(col, "")).encode())
-        digest.update(b"\x1f")
-    return digest.hexdigest()[:12]
+    """A 12-hex-digit hash of a row's fields: SHA-1 of ``col=value\\x1f`` for every column but the checksum, in
+    order, as written (one joined buffer: the same digest as feeding the pieces one by one, several times faster)."""
+    text = "".join(f"{col}={_text(row.get(col, ''))}\x1f" for col in columns if col != CHECKSUM)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _fields_checksum(header: list[str], fields: list[str]) -> str:
+    """:func:`row_checksum` of a parsed line (header and fields in file order)."""
+    text = "".join(f"{col}={value}\x1f" for col, value in zip(header, fields) if col != CHECKSUM)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def _text(value: Any) -> str:
@@ -69,55 +74,72 @@ class Damaged(list):
     """``(file, line number, reason, raw text)`` of each damaged row found while reading."""
 
 
-def _read_file(path: Path, damaged: Damaged) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and the good rows of one CSV file; damaged rows go to ``damaged``. Rows hold no newlines (the sweep
-    writes one line per row), so each physical line is parsed on its own and one bad line cannot hide others."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    if not lines:
-        return [], []
+class Line(NamedTuple):
+    """One good row of a results file: its line number, raw bytes (no newline) and parsed fields."""
+
+    number: int
+    raw: bytes
+    fields: list[str]
+
+
+def _header(path: Path, first: bytes) -> list[str]:
     try:
-        header = next(csv.reader([lines[0].decode("utf-8").rstrip("\r")]))
-    except (UnicodeDecodeError, csv.Error):
+        header = next(csv.reader([first.decode("utf-8").rstrip("\r")]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
         header = []
     if KEY not in header:
         raise MoeRouteError(f"{path}: not a moeroute results CSV (no {KEY!r} column in its first line)")
-    rows = []
-    for number, raw in enumerate(lines[1:], start=2):
-        reason = _damage(raw, header)
-        if reason is None:
-            fields = next(csv.reader([raw.decode("utf-8").rstrip("\r")]))
-            row = dict(zip(header, fields))
-            if CHECKSUM in header and row.get(CHECKSUM) != row_checksum(row, header):
-                reason = "checksum mismatch (cut short or edited)"
-            else:
-                rows.append(row)
-                continue
-        damaged.append((str(path), number, reason, raw.decode("utf-8", errors="replace")))
-    return header, rows
+    return header
 
 
-def _damage(raw: bytes, header: list[str]) -> Optional[str]:
-    """Why a line cannot be a row of ``header`` (``None``: it parses with the right number of fields)."""
+def _scan(path: Path, damaged: Damaged) -> tuple[list[str], Iterator[Line]]:
+    """Header and an iterator over the good rows of one CSV file, streamed line by line; damaged rows go to
+    ``damaged``. Rows hold no newlines (the sweep writes one line per row), so each physical line is parsed on its
+    own and one bad line cannot hide others."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise MoeRouteError(f"{path}: cannot read results ({exc.strerror or exc})") from None
+    first = fh.readline()
+    if not first:
+        fh.close()
+        return [], iter(())
+    header = _header(path, first.rstrip(b"\n"))
+
+    def lines() -> Iterator[Line]:
+        with fh:
+            for number, raw in enumerate(fh, start=2):
+                raw = raw[:-1] if raw.endswith(b"\n") else raw
+                fields, reason = _parse(raw, header)
+                if fields is not None:
+                    yield Line(number, raw, fields)
+                else:
+                    damaged.append((str(path), number, reason, raw.decode("utf-8", errors="replace")))
+
+    return header, lines()
+
+
+def _parse(raw: bytes, header: list[str]) -> tuple[Optional[list[str]], str]:
+    """The fields of a line of ``header``, or ``(None, why it cannot be a row)``."""
     if b"\0" in raw:
-        return "contains a NUL byte"
+        return None, "contains a NUL byte"
     try:
         text = raw.decode("utf-8").rstrip("\r")
     except UnicodeDecodeError:
-        return "not UTF-8"
+        return None, "not UTF-8"
     if not text.strip():
-        return "empty line"
+        return None, "empty line"
     try:
         fields = next(csv.reader([text]))
     except csv.Error as exc:
-        return f"unparsable ({exc})"
+        return None, f"unparsable ({exc})"
     if len(fields) != len(header):
-        return f"{len(fields)} fields, the header has {len(header)}"
+        return None, f"{len(fields)} fields, the header has {len(header)}"
     if not fields[header.index(KEY)]:
-        return "no key"
-    return None
+        return None, "no key"
+    if CHECKSUM in header and fields[header.index(CHECKSUM)] != _fields_checksum(header, fields):
+        return None, "checksum mismatch (cut short or edited)"
+    return fields, ""
 
 
 def _segments(table: Path) -> list[Path]:
@@ -127,20 +149,21 @@ def _segments(table: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.csv") if ".partial." not in p.name)
 
 
+def _files(table: Path) -> list[Path]:
+    return ([table] if table.exists() else []) + _segments(table)
+
+
 def read_results(path: "str | Path", damaged: Optional[Damaged] = None) -> list[dict[str, str]]:
     """Every good row of a sweep's results (the table and any segments a run has not folded in yet), later rows
     replacing earlier ones with the same key. Damaged rows are skipped (and listed in ``damaged``)."""
     table = Path(path)
     damaged = Damaged() if damaged is None else damaged
     rows: dict[str, dict[str, str]] = {}
-    files = ([table] if table.exists() else []) + _segments(table)
-    for file in files:
-        try:
-            _, found = _read_file(file, damaged)
-        except OSError as exc:
-            raise MoeRouteError(f"{file}: cannot read results ({exc.strerror or exc})") from None
-        for row in found:
-            rows[row[KEY]] = row
+    for file in _files(table):
+        header, lines = _scan(file, damaged)
+        key = header.index(KEY) if header else 0
+        for line in lines:
+            rows[line.fields[key]] = dict(zip(header, line.fields))
     return list(rows.values())
 
 
@@ -159,8 +182,17 @@ def results_frame(path: "str | Path") -> "Any":
     return pd.read_csv(buffer, keep_default_na=False, na_values=[""])
 
 
+class Done(NamedTuple):
+    """What the writer remembers of a stored row: whether it errored and which code measured it."""
+
+    error: bool
+    code: str
+
+
 class ResultStore:
-    """The rows of one sweep, keyed by their resume key; :meth:`add` persists a finished point as one segment."""
+    """The rows of one sweep, indexed by their resume key; :meth:`add` persists a finished point as one segment.
+
+    ``rows`` maps each stored key to :class:`Done` (not the row itself: see the module docstring on memory)."""
 
     def __init__(self, path: "str | Path", columns: Iterable[str]):
         self.path = Path(path)
@@ -174,16 +206,32 @@ class ResultStore:
             for tmp in folder.glob("*.partial.*"):
                 tmp.unlink(missing_ok=True)
         self.damaged = Damaged()
-        self.rows: dict[str, dict[str, Any]] = {r[KEY]: r for r in read_results(self.path, self.damaged)}
-        for row in self.rows.values():
-            for col in row:
-                if col not in self.columns:
-                    self.columns.insert(len(self.columns) - 1, col)
-        self._next = len(_segments(self.path))
+        self.rows: dict[str, Done] = {}
+        self._pending: list[Path] = []  # segments not folded into the table yet (a killed run's, then ours)
+        for file in _files(self.path):
+            self._index(file)
+            if file != self.path:
+                self._pending.append(file)
+        self._next = len(self._pending)
+        self._skip: dict[str, set[int]] = {}  # file -> damaged line numbers, left out by the next compaction
+        for file, line, _, _ in self.damaged:
+            self._skip.setdefault(file, set()).add(line)
         if self.damaged:
             self._move_damaged_aside()
         if self.damaged or folder.is_dir():
             self.compact()
+
+    def _index(self, file: Path) -> None:
+        header, lines = _scan(file, self.damaged)
+        for col in header:
+            if col not in self.columns:
+                self.columns.insert(len(self.columns) - 1, col)
+        at = {name: header.index(name) for name in (KEY, "error", "code") if name in header}
+        codes: dict[str, str] = {}
+        for line in lines:
+            code = line.fields[at["code"]] if "code" in at else ""
+            code = codes.setdefault(code, sys.intern(code))  # one string per fingerprint, not one per row
+            self.rows[line.fields[at[KEY]]] = Done(bool(line.fields[at["error"]]) if "error" in at else False, code)
 
     def _lock(self) -> None:
         if fcntl is None:
@@ -218,7 +266,7 @@ class ResultStore:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            if _segments(self.path):
+            if self._pending:
                 self.compact()
         finally:
             self.close()
@@ -243,19 +291,35 @@ class ResultStore:
             writer = csv.DictWriter(fh, fieldnames=self.columns, restval="", extrasaction="ignore", lineterminator="\n")
             writer.writeheader()
             writer.writerows(sealed)
+        self._pending.append(segment)
         for row in sealed:
-            self.rows[row[KEY]] = row
+            self.rows[row[KEY]] = Done(bool(row.get("error")), sys.intern(row.get("code", "")))
         return segment
 
     def compact(self) -> None:
-        """Fold every segment into the table (one atomic rewrite), then delete the segments."""
-        segments = _segments(self.path)
-        with atomic_open(self.path, "w") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns, restval="", extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self._sealed(row) for row in self.rows.values())
-        for segment in segments:
+        """Fold every segment into the table (one atomic rewrite, streamed line by line), then delete the segments.
+
+        Later rows replace earlier ones with the same key. A file whose header is the current one is copied line
+        for line; rows of a file with other columns (a column added since) are re-sealed under the new header.
+        Damaged lines found when the store opened are left out (they were moved aside). Files are not re-hashed:
+        the table was checked when the store opened and the segments were written by it (the lock keeps other
+        writers out)."""
+        files = _files(self.path)
+        first_segment = 1 if files and files[0] == self.path else 0
+        last: dict[str, tuple[int, int]] = {}  # key -> (file index, line number) of its last occurrence in a segment
+        for i in range(first_segment, len(files)):
+            header, lines = _unchecked(files[i], self._skip.get(str(files[i]), set()))
+            at = header.index(KEY) if header else 0
+            for line in lines:
+                last[line.fields[at]] = (i, line.number)
+        with atomic_open(self.path, "wb") as out:
+            out.write(self._header_bytes())
+            for i, file in enumerate(files):
+                self._copy(file, i, out, last)
+        for segment in files[first_segment:]:
             segment.unlink(missing_ok=True)
+        self._pending = []
+        self._skip = {}  # line numbers of the old table: they mean nothing in the new one
         folder = parts_dir(self.path)
         if folder.is_dir():
             try:
@@ -263,3 +327,48 @@ class ResultStore:
             except OSError:  # a segment written by a run we do not know of: leave it for the next reader
                 pass
             fsync_dir(self.path.parent)
+
+    def _header_bytes(self) -> bytes:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(self.columns)
+        return buffer.getvalue().encode()
+
+    def _copy(self, file: Path, index: int, out: Any, last: dict[str, tuple[int, int]]) -> None:
+        """Append the good rows of ``file`` (the ``index``-th file read) that no later file replaces to ``out``."""
+        header, lines = _unchecked(file, self._skip.get(str(file), set()))
+        if not header:
+            return
+        at = header.index(KEY)
+        same = header == self.columns
+        for line in lines:
+            where = last.get(line.fields[at])
+            if where is not None and where != (index, line.number):
+                continue  # a later segment holds this key
+            if same:
+                out.write(line.raw + b"\n")
+            else:
+                buffer = io.StringIO()
+                row = self._sealed(dict(zip(header, line.fields)))
+                csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\n").writerow(row)
+                out.write(buffer.getvalue().encode())
+
+
+def _unchecked(path: Path, skip: set[int]) -> tuple[list[str], Iterator[Line]]:
+    """Header and rows of a file this store has already checked (at open, or written itself): parsed, not
+    re-hashed; the line numbers in ``skip`` (damaged, moved aside) are left out."""
+    fh = open(path, "rb")
+    first = fh.readline()
+    if not first:
+        fh.close()
+        return [], iter(())
+    header = _header(path, first.rstrip(b"\n"))
+
+    def lines() -> Iterator[Line]:
+        with fh:
+            for number, raw in enumerate(fh, start=2):
+                raw = raw[:-1] if raw.endswith(b"\n") else raw
+                if number in skip:
+                    continue
+                yield Line(number, raw, next(csv.reader([raw.decode("utf-8")])))
+
+    return header, lines()
