@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -288,3 +289,27 @@ def test_kill_mid_sweep_then_resume(tmp_path, plugin):
     kept = final.set_index("key").loc[killed["key"], ["timestamp", "latency_ms"]]
     assert (kept.astype(str).values == killed.set_index("key")[["timestamp", "latency_ms"]].astype(str).values).all()  # not recomputed
     assert not list(out.glob("*.partial*"))
+
+
+def test_rows_carry_score_function_balance_and_ep_view(tmp_path):
+    cfg = write(tmp_path, "modern.toml", """
+        name = "modern"
+        routers = ["gshard", "gshard:score=sigmoid,groups=4,group_topk=2", "exact:score=sigmoid", "qb"]
+        workloads = ["force_biased:std=1"]
+        tokens = 64
+        groups = 2
+        experts = 16
+        k = 4
+        ep_ranks = 4
+        repeats = 1
+    """)
+    run_sweep(load_config(cfg), tmp_path, progress=False)
+    rows = {r["router"]: r for r in read_results(tmp_path / "modern.csv")}
+    assert rows["gshard"]["score"] == "softmax"
+    assert rows["gshard:group_topk=2,groups=4,score=sigmoid"]["score"] == "sigmoid"
+    exact = rows["exact:score=sigmoid"]
+    assert exact["score"] == "sigmoid" and abs(float(exact["gap"])) < 1e-6  # against the sigmoid optimum
+    assert float(rows["gshard"]["optimum"]) != float(exact["optimum"])  # two score functions, two optima
+    for row in rows.values():
+        assert row["ep_ranks"] == "4" and len(json.loads(row["ep_rank_tokens"])) == 4
+        assert float(row["max_vio"]) >= 0 and 0 <= float(row["gini"]) < 1

@@ -65,6 +65,7 @@ class Grid:
     seeds: tuple[int, ...] = (0,)
     repeats: int = 5
     solver: str = DEFAULT_SOLVER
+    ep_ranks: Optional[int] = None
 
     def validate(self) -> None:
         for key in ("tokens", "groups", "experts", "k", "repeats"):
@@ -80,6 +81,8 @@ class Grid:
             raise MoeRouteError("'name' must be a non-empty string")
         if self.solver not in SOLVERS:
             raise MoeRouteError(f"unknown solver {self.solver!r} (known: {', '.join(SOLVERS)})")
+        if self.ep_ranks is not None and (self.ep_ranks < 1 or any(e % self.ep_ranks for e in self.experts)):
+            raise MoeRouteError(f"'ep_ranks' must be >= 1 and divide every number of experts, got {self.ep_ranks}")
 
 
 GRID_KEYS = tuple(f.name for f in fields(Grid))
@@ -98,12 +101,15 @@ class Point:
     seed: int
     repeats: int
     solver: str
+    ep_ranks: Optional[int] = None
+    """The expert-parallel view of the metrics (docs/metrics.md); it changes the rows, not the logits."""
 
     def row_key(self, resolved_router: str, device: str) -> str:
         """The resume key of one (point, router) row: a hash of the point, the router spec with every option
         resolved (``maxscore`` and ``maxscore:eps=<its default>`` share a key) and the device. Which code measured
         the row is stored beside it (``code``) and checked separately."""
-        payload = json.dumps({**asdict(self), "router": resolved_router, "device": device}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items() if not (k == "ep_ranks" and v is None)}  # keys of older rows
+        payload = json.dumps({**fields, "router": resolved_router, "device": device}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
     def label(self) -> str:
@@ -263,7 +269,8 @@ def _points(where: str, grid: Grid, notes: list[str], k_given: bool,
                             raise MoeRouteError(f"{where} ({grid.name}): k={k} exceeds E={experts} ({workload})")
                         for cf in grid.cf:
                             for seed in grid.seeds:
-                                out.append(Point(workload, groups, tokens, experts, k, cf, seed, grid.repeats, grid.solver))
+                                out.append(Point(workload, groups, tokens, experts, k, cf, seed, grid.repeats, grid.solver,
+                                                 grid.ep_ranks))
     return out
 
 

@@ -24,13 +24,17 @@ from moeroute.core.metrics import RoutingMetrics
 from moeroute.core.options import parse_spec
 from moeroute.core.problem import make_input
 from moeroute.core.version import code_fingerprint, git_revision, package_version
-from moeroute.evaluation import measure, optima
+from moeroute.evaluation import Optima, measure, optima
 from moeroute.experiments.sweep.config import Point
 from moeroute.workloads import workload_logits
 
-METRIC_COLUMNS = ["slot_drop_rate", "token_drop_rate", "second_choice_drop_rate", "over_k_rate", "mean_load_ratio",
-                  "max_load_ratio", "padding_factor", "objective", "optimum", "gap", "maxweight_optimum",
-                  "rank1_affinity", "rank2_affinity", "latency_ms", "latency_calls", "sorted_load_ratios", "extra"]
+METRIC_COLUMNS = ["score", "slot_drop_rate", "token_drop_rate", "second_choice_drop_rate", "selection_drop_rate",
+                  "over_k_rate", "mean_experts_per_token", "mean_load_ratio", "max_load_ratio", "padding_factor",
+                  "max_vio", "max_vio_global", "gini", "ep_ranks", "ep_max_over_mean", "ep_rank_tokens",
+                  "objective", "optimum", "gap", "maxweight_optimum", "rank1_affinity", "rank2_affinity", "latency_ms",
+                  "latency_calls", "sorted_load_ratios", "extra"]
+"""The measured columns of a row (docs/metrics.md); lists are stored as JSON."""
+JSON_COLUMNS = ("sorted_load_ratios", "ep_rank_tokens")
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ def _environment(device: str) -> dict[str, Any]:
 
 def _metric_fields(m: RoutingMetrics) -> dict[str, Any]:
     d = m.as_dict()
-    row = {key: d[key] for key in METRIC_COLUMNS if key in d and key not in ("sorted_load_ratios", "extra")}
-    row["sorted_load_ratios"] = json.dumps(m.sorted_load_ratios)
+    row = {key: d[key] for key in METRIC_COLUMNS if key in d and key not in (*JSON_COLUMNS, "extra")}
+    for key in JSON_COLUMNS:
+        row[key] = "" if d.get(key) is None else json.dumps(d[key])
     row["extra"] = json.dumps(m.extra, sort_keys=True) if m.extra else ""
     return {key: ("" if value is None else value) for key, value in row.items()}
 
@@ -92,7 +97,8 @@ def compute_point(task: PointTask) -> list[dict[str, Any]]:
     logits = workload_logits(point.workload, point.groups, point.tokens, point.experts, point.seed).to(dev)
     x = make_input(logits, point.k, point.cf)
     t0 = time.perf_counter()
-    mcmf, mw = optima(x, point.solver)
+    # The optimum of the softmax scores now (timed); another score function's when a router first selects by it.
+    best = Optima(x, point.solver).given(x.score, *optima(x, point.solver))
     optimum_ms = (time.perf_counter() - t0) * 1e3
     env = {**_environment(str(dev)), "threads": torch.get_num_threads(), "worker": f"{task.executor}:{os.getpid()}"}
     rows = []
@@ -106,7 +112,8 @@ def compute_point(task: PointTask) -> list[dict[str, Any]]:
             "solver": point.solver, "device": str(dev), "error": "", "optimum_ms": round(optimum_ms, 3), **env,
         }
         try:
-            row.update(_metric_fields(measure(x, router.run, mcmf, mw, repeats=point.repeats)))
+            row.update(_metric_fields(measure(x, router.run, repeats=point.repeats, optimum=best,
+                                              ep_ranks=point.ep_ranks)))
         except RoutingInvariantError as exc:  # a router bug: recorded loudly, never a data point
             row["error"] = f"invariant broken: {str(exc).splitlines()[0][:200]}"
         except MoeRouteError as exc:  # the router refuses this point (e.g. k=1 only)
