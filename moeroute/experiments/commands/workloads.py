@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     for name in workload_names():
         w = workload(name)
         rows.append((name, w.description, defaults_text(w.options), inspect.cleandoc(w.options.__doc__ or "")))
-    rows.append(("captured:PATH[:KEY]", "router logits recorded by `moeroute capture` (or any [N, E] file)", "",
+    rows.append(("captured:PATH[:KEY]", "router logits recorded by `moeroute capture` (or any [N, E] file; KEY = * for every layer)", "",
                  "cut into groups of T consecutive tokens; the seed picks which windows; E is the file's"))
     print_listing(
         rows, "moeroute workloads (spec: name:key=value,...)",
