@@ -29,7 +29,7 @@ from moeroute.solvers.prices import PriceConfig, dual_bound, solve_prices
 class DualOptions:
     """``iters``: cap on the price updates (the auction stops earlier once no expert is over-full). ``width``:
     candidate experts per token (0 = ``2k + 8``, at most ``E``). ``eps`` / ``eps_end``: the extra price step, as a
-    fraction of the group's largest score, shrinking geometrically over the iterations. ``check_every``: price
+    fraction of the group's mean top-1 score, shrinking geometrically over the iterations. ``check_every``: price
     updates between two convergence tests on an accelerator (each is a host synchronisation). ``carry``: start from
     ``x.state['prices']`` when the caller hands prices in (as training does, step to step), lowered by ``slack``
     times the group's largest score so that the ascending auction starts below them. ``repair``: augmenting paths
@@ -37,8 +37,8 @@ class DualOptions:
 
     iters: int = 16
     width: int = 0
-    eps: float = 3e-2
-    eps_end: float = 3e-4
+    eps: float = 0.1
+    eps_end: float = 1e-3
     check_every: int = 4
     carry: bool = True
     slack: float = 0.02
@@ -99,7 +99,7 @@ def route_by_prices(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, di
         fill = torch.ones_like(experts, dtype=torch.bool)
         experts, repaired = augment_open_slots(scores, experts, cap, fill, fill & (experts >= 0))
     node_cap = torch.cat([capacity, (drop if drop is not None else capacity.new_zeros(g)).view(g, 1)], dim=1)
-    bound = float(dual_bound(result.units, result.candidates.bound, result.prices, node_cap, demand).sum())
+    bound = float(dual_bound(result, node_cap, demand).sum())
     objective = float(torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum())
     meta = {
         "iterations": result.iterations,
