@@ -10,6 +10,7 @@ import torch
 
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import EMPTY
+from moeroute.solvers.sync import use_numpy
 
 
 def _queue_positions_numpy(ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -42,7 +43,7 @@ def queue_positions(
     """
     g, p = proposals.shape
     device = proposals.device
-    if device.type == "cpu":
+    if use_numpy(device):
         ids = proposals.numpy()
         order = None
         if priority is not None:

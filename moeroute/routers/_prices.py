@@ -27,10 +27,10 @@ def place_units(
     capacity: int,
     result: PriceResult,
     excluded_scores: Optional[torch.Tensor] = None,
-) -> tuple[torch.Tensor, int, int]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fill the empty slots of ``experts`` long ``[G, T, R]`` from the units of ``result`` (unit ``j`` of a token goes
-    to its ``j``-th empty slot), then by rerouting. Returns the slots, the units the prices placed directly, and the
-    slots placed by rerouting.
+    to its ``j``-th empty slot), then by rerouting. Returns the slots and, as 0-dim device tensors (no host
+    synchronisation), the units the prices placed directly and the slots placed by rerouting.
 
     Over-full experts keep the units with the largest margin (what a unit loses by moving to the token's next
     option); the others, and units on the drop node or outside the candidates, leave their slot empty for the
@@ -52,8 +52,8 @@ def place_units(
     keep = token_major(keep, t)
     fill = experts < 0
     out = torch.where(keep, proposal, experts)
-    placed = int(keep.sum())
+    placed = keep.sum()
     choice = excluded_scores if excluded_scores is not None else scores - result.prices[:, :e].unsqueeze(1)
     out, _ = reroute_rounds(choice, out, capacity, fill)
-    rerouted = int(((out >= 0) & fill).sum()) - placed
+    rerouted = ((out >= 0) & fill).sum() - placed
     return out, placed, rerouted

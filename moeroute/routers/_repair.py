@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from moeroute.routers._capacity import expert_load
+from moeroute.solvers.sync import check_now, on_accelerator
 
 _NEG = -float("inf")
 
@@ -131,7 +132,7 @@ def best_chains(gain: torch.Tensor, room: torch.Tensor, tol: float) -> tuple[tor
             cycle = better.any(dim=1)
             succ = torch.where(better, best.indices, succ)
             break
-        if not bool(better.any()):
+        if check_now(gain.device, r) and not bool(better.any()):
             break
         value = torch.where(better, best.values, value)
         succ = torch.where(better, best.indices, succ)
@@ -181,12 +182,12 @@ def _move_along(
     for i in range(path.shape[1] - 1):
         src, dst = path[:, i], path[:, i + 1]
         step = active & (src >= 0) & (dst >= 0)
-        if not bool(step.any()):
+        if check_now(experts.device, i) and not bool(step.any()):
             break
         u = _push_token(scores, before, movable_before, gain, src.clamp(min=0), dst.clamp(min=0))
         row = experts[groups, u]
         at = torch.argmax(((row == src.unsqueeze(1)) & movable[groups, u]).long(), dim=1)
-        experts[groups[step], u[step], at[step]] = dst[step]
+        experts[groups, u, at] = torch.where(step, dst, experts[groups, u, at])  # masked: no dynamic shapes
     return experts
 
 
@@ -211,10 +212,11 @@ def augment_open_slots(
     g, t, r = experts.shape
     e = scores.shape[2]
     device = experts.device
-    # Groups are independent and one without an open slot never moves: run on the others alone (typically a
-    # few of G = 32 after stage 2), each step then costs O(open groups x T x E).
+    # Groups are independent and one without an open slot never moves: on CPU, run on the others alone (typically a
+    # few of G = 32 after stage 2), each step then costs O(open groups x T x E). On an accelerator choosing them
+    # would cost host synchronisations; idle groups are masked instead.
     busy = (fill & (experts < 0)).flatten(1).any(dim=1)
-    if not bool(busy.all()):
+    if not on_accelerator(device) and not bool(busy.all()):
         out = experts.clone()
         if bool(busy.any()):
             idx = torch.nonzero(busy).squeeze(1)
@@ -231,13 +233,15 @@ def augment_open_slots(
     while max_steps is None or steps < max_steps:
         open_slot = fill & (experts < 0)
         open_token = open_slot.any(dim=2)
-        if not bool(open_token.any()):
-            break
         room = expert_load(experts, e) < capacity
         gain = _push_gain(scores, experts, movable)
         value, succ, cycle = best_chains(gain, room, tol)
+        cycle &= open_token.any(dim=1)
+        any_open, any_cycle = torch.stack([open_token.any(), cycle.any()]).tolist()
+        if not any_open:
+            break
         steps += 1
-        if bool(cycle.any()):
+        if any_cycle:
             path, found = _cycle_nodes(gain, value, succ, tol)
             found &= cycle
             if bool(found.any()):
@@ -254,7 +258,8 @@ def augment_open_slots(
         group_best = torch.full((g,), _NEG, dtype=rows.dtype, device=device)
         group_best.scatter_reduce_(0, gi, row_best.values, "amax")
         active = torch.isfinite(group_best)
-        if not bool(active.any()):
+        filled = int(active.sum())
+        if filled == 0:
             break
         at_best = (row_best.values == group_best[gi]) & torch.isfinite(row_best.values)
         first = torch.full((g,), n, dtype=torch.long, device=device)
@@ -271,8 +276,8 @@ def augment_open_slots(
             path[:, i] = cur
         slot = torch.argmax(open_slot[groups, tok].long(), dim=1)
         moved = _move_along(scores, experts, movable, gain, path, active)
-        moved[groups[active], tok[active], slot[active]] = entry[active]
-        movable[groups[active], tok[active], slot[active]] = True
+        moved[groups, tok, slot] = torch.where(active, entry, moved[groups, tok, slot])
+        movable[groups, tok, slot] = active | movable[groups, tok, slot]
         experts = moved
-        placed += int(active.sum())
+        placed += filled
     return experts, placed

@@ -91,7 +91,7 @@ def route_by_prices(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, di
     drop = torch.full((g,), k * t - flow, dtype=torch.long, device=scores.device) if k * t > flow else None
     capacity = torch.full((g, e), cap, dtype=torch.long, device=scores.device)
     demand = torch.full((g, t), k, dtype=torch.long, device=scores.device)
-    result = solve_prices(scores, demand, capacity, opts.config(), drop=drop, prices0=start_prices(x, opts))
+    result = solve_prices(scores, demand, k, capacity, opts.config(), drop=drop, prices0=start_prices(x, opts))
     empty = torch.full((g, t, k), EMPTY, dtype=torch.long, device=scores.device)
     experts, placed, rerouted = place_units(scores, empty, cap, result)
     repaired = 0
@@ -99,13 +99,15 @@ def route_by_prices(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, di
         fill = torch.ones_like(experts, dtype=torch.bool)
         experts, repaired = augment_open_slots(scores, experts, cap, fill, fill & (experts >= 0))
     node_cap = torch.cat([capacity, (drop if drop is not None else capacity.new_zeros(g)).view(g, 1)], dim=1)
-    bound = float(dual_bound(result, node_cap, demand).sum())
-    objective = float(torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum())
+    bound = dual_bound(result, node_cap, demand).sum()
+    objective = torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum()
+    # One host synchronisation for every number of the meta.
+    placed, rerouted, bound, objective = torch.stack([placed.double(), rerouted.double(), bound, objective]).tolist()
     meta = {
         "iterations": result.iterations,
         "converged": result.converged,
-        "placed_by_prices": placed,
-        "rerouted": rerouted,
+        "placed_by_prices": int(placed),
+        "rerouted": int(rerouted),
         "repaired_slots": repaired,
         "gap_bound": (bound - objective) / objective if objective > 0 else float("nan"),
     }

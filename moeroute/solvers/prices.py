@@ -29,12 +29,13 @@ agree exactly on inputs without ties (tests/test_dual.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from moeroute.solvers.rows import order_key, row_top, segment_kth
+from moeroute.solvers.sync import check_now, use_numpy
 
 NONE = -1
 """Node of an inactive unit (the token needs fewer units, or has no allowed expert left)."""
@@ -147,7 +148,7 @@ def _best_columns(red: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Te
     """The ``width`` largest entries' positions along the last dim of ``red`` ``[G, T, E]`` (in no particular order)
     and the ``(width+1)``-th largest value ``[G, T]``. On CPU one numpy ``argpartition`` (ties fall either way);
     elsewhere :func:`row_top`."""
-    if red.device.type != "cpu":
+    if not use_numpy(red.device):
         top, pos = row_top(red, width + 1)
         return pos[..., :width], top[..., width]
     g, t, e = red.shape
@@ -157,11 +158,11 @@ def _best_columns(red: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(np.ascontiguousarray(part[:, 1:])).view(g, t, width), torch.from_numpy(bound).view(g, t)
 
 
-def _refresh(cands: Candidates, rows: torch.Tensor, make: "callable") -> Candidates:
-    """Replace, in place, the rows of ``cands`` where ``rows`` ``[N]`` is true by ``make(row_ids)``."""
+def _refresh(cands: Candidates, rows: torch.Tensor, make: Callable, prices: torch.Tensor) -> Candidates:
+    """Replace, in place, the rows of ``cands`` where ``rows`` ``[N]`` is true by ``make(row_ids, prices)``."""
     ids = torch.nonzero(rows).squeeze(1)
     if ids.numel():
-        sub = make(ids)
+        sub = make(ids, prices)
         cands.values[ids], cands.nodes[ids], cands.bound[ids] = sub.values, sub.nodes, sub.bound
     return cands
 
@@ -291,6 +292,7 @@ def _raise_torch(held: _Held, cap: torch.Tensor, eps: torch.Tensor) -> tuple[tor
 def solve_prices(
     scores: torch.Tensor,
     demand: torch.Tensor,
+    units: int,
     capacity: torch.Tensor,
     config: PriceConfig = PriceConfig(),
     excluded: Optional[torch.Tensor] = None,
@@ -298,13 +300,13 @@ def solve_prices(
     prices0: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
 ) -> PriceResult:
-    """Run the ascending auction on ``scores`` float32 ``[G, T, E]`` with token demands long ``[G, T]``, expert
-    capacities long ``[G, E]``, optional ``excluded`` experts per token (long ``[G, T, R]``, ``-1`` = none), drop-node
+    """Run the ascending auction on ``scores`` float32 ``[G, T, E]`` with token demands long ``[G, T]`` (at most
+    ``units`` each, a bound the caller knows without reading the device), expert capacities long ``[G, E]``, optional ``excluded`` experts per token (long ``[G, T, R]``, ``-1`` = none), drop-node
     capacities ``drop`` long ``[G]`` (``None``: every unit goes to an expert) and starting prices ``prices0`` float32
     ``[G, E + 1]`` (``None``: zero). ``backend``: ``"numpy"`` or ``"torch"`` (default: numpy on CPU)."""
     g, t, e = scores.shape
     n = e + 1
-    k = int(demand.max()) if demand.numel() else 0
+    k = units
     width = config.candidate_width(k, e)
     prices = scores.new_zeros(g, n) if prices0 is None else prices0.to(scores.dtype).clone()
     cap = torch.cat([capacity, (drop if drop is not None else capacity.new_zeros(g)).view(g, 1)], dim=1).reshape(-1)
@@ -320,8 +322,8 @@ def solve_prices(
         return Candidates(sub.values, sub.nodes - (torch.arange(gi.numel(), device=ids.device) * n).view(-1, 1)
                           + (gi * n).view(-1, 1), sub.bound)
 
-    use_numpy = (backend or ("numpy" if scores.device.type == "cpu" else "torch")) == "numpy"
-    loop = _auction_numpy if use_numpy else _auction_torch
+    numpy_loop = (backend or ("numpy" if use_numpy(scores.device) else "torch")) == "numpy"
+    loop = _auction_numpy if numpy_loop else _auction_torch
     prices_flat, cands, held, it, done = loop(
         cands, prices.reshape(-1), cap, flat_demand, k, scale.repeat_interleave(n), config, width < e, remake,
     )
@@ -342,7 +344,7 @@ def _auction_numpy(cands, prices, cap, demand, k, scale, config, partial, remake
         step, any_over, outside = _step_numpy(*args, (scl * config.eps(it)).astype(np.float32))
         if partial and outside.any():
             # The outside units were not counted this time; from the next step on they are, on fresh candidates.
-            _refresh(cands, torch.from_numpy(outside), lambda ids: remake(ids, torch.from_numpy(p)))
+            _refresh(cands, torch.from_numpy(outside), remake, torch.from_numpy(p))
         elif not any_over:
             done = True
             break
@@ -350,7 +352,7 @@ def _auction_numpy(cands, prices, cap, demand, k, scale, config, partial, remake
         it += 1
     held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k)
     if partial and (held.nodes == OUTSIDE).any():
-        cands = _refresh(cands, torch.from_numpy((held.nodes == OUTSIDE).any(axis=1)), lambda ids: remake(ids, torch.from_numpy(p)))
+        cands = _refresh(cands, torch.from_numpy((held.nodes == OUTSIDE).any(axis=1)), remake, torch.from_numpy(p))
         held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k)
     load = np.bincount(np.where(held.nodes >= 0, held.nodes, capn.size).reshape(-1), minlength=capn.size + 1)
     done = not ((load[:-1] > capn).any() or (held.nodes == OUTSIDE).any())
@@ -367,29 +369,31 @@ def _auction_torch(cands, prices, cap, demand, k, scale, config, partial, remake
 
     held = hold_all(cands)
     it, done = 0, False
-    every = max(1, config.check_every)
     while it < config.iters:
         step, any_over = _raise_torch(held, cap, scale * config.eps(it))
-        if it % every == 0:
+        if check_now(p.device, it, config.check_every):
             outside = (held.nodes == OUTSIDE).any(dim=1)
-            flags = torch.stack([any_over, outside.any()]).tolist()
-            if not any(flags):
+            over_now, outside_now = torch.stack([any_over, outside.any()]).tolist()
+            if not (over_now or outside_now):
                 done = True
                 break
-            if partial and flags[1]:
-                cands = _refresh(cands, outside, lambda ids: remake(ids, p))
+            if partial and outside_now:
+                cands = _refresh(cands, outside, remake, p)
                 held = hold_all(cands)
                 step, any_over = _raise_torch(held, cap, scale * config.eps(it))
         p = p + step
         held = hold_all(cands)
         it += 1
-    outside = (held.nodes == OUTSIDE).any(dim=1)
     if not done:
-        if partial and bool(outside.any()):
-            cands = _refresh(cands, outside, lambda ids: remake(ids, p))
-            held = hold_all(cands)
+        outside = (held.nodes == OUTSIDE).any(dim=1)
         load = torch.bincount(torch.where(held.nodes >= 0, held.nodes, cap.numel()).reshape(-1), minlength=cap.numel() + 1)
-        done = not bool((load[:-1] > cap).any() | (held.nodes == OUTSIDE).any())
+        outside_now, over_now = torch.stack([outside.any(), (load[:-1] > cap).any()]).tolist()
+        if partial and outside_now:
+            cands = _refresh(cands, outside, remake, p)
+            held = hold_all(cands)
+            load = torch.bincount(torch.where(held.nodes >= 0, held.nodes, cap.numel()).reshape(-1), minlength=cap.numel() + 1)
+            outside_now, over_now = torch.stack([(held.nodes == OUTSIDE).any(), (load[:-1] > cap).any()]).tolist()
+        done = not (outside_now or over_now)
     return p, cands, held, it, done
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from moeroute.solvers.sync import use_numpy
+
 _LOW = 0xFFFFFFFF
 _HALF = 1 << 31
 
@@ -42,7 +44,7 @@ def row_top(values: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     flat = values.reshape(-1, n)
     # Upper 32 bits: the value's order; lower 32: the position reversed, so that among equals the lower one wins.
     keys = (order_key(flat) << 32) | (_LOW - torch.arange(n, device=values.device))
-    if values.device.type == "cpu" and flat.shape[0] > 0:
+    if use_numpy(values.device) and flat.shape[0] > 0:
         k = keys.numpy()
         part = np.partition(k, n - take, axis=1)[:, n - take:] if take < n else k
         top = torch.from_numpy(np.ascontiguousarray(np.sort(part, axis=1)[:, ::-1]))
@@ -65,7 +67,7 @@ def segment_kth(values: torch.Tensor, segment: torch.Tensor, num_segments: int, 
     seg = segment.clamp(0, num_segments)
     # The value's order shifted to an unsigned 32-bit field below the segment id.
     keys = (seg << 32) | (order_key(values) + _HALF)
-    if keys.device.type == "cpu":
+    if use_numpy(keys.device):
         ordered = torch.from_numpy(np.sort(keys.numpy()))
     else:
         ordered = torch.sort(keys).values
