@@ -24,7 +24,7 @@ from moeroute.solvers.sinkhorn import _capped_potential, sinkhorn_capped_log, si
 from moeroute.weights import gather_scores
 from moeroute.workloads import synthetic_logits
 
-STAGE2 = ("sinkhorn", "exact", "iterative")
+STAGE2 = ("sinkhorn", "dual", "exact", "iterative")
 
 
 def as_logits(scores: list[list[float]]) -> torch.Tensor:

@@ -110,14 +110,14 @@ def best_chains(gain: torch.Tensor, room: torch.Tensor, tol: float) -> tuple[tor
     that pushes one unit out of expert ``f`` into an expert with room (0 for stopping at an expert with room;
     ``-inf`` if none is reachable), ``succ [G, E]`` the next expert of that chain (``-1``: stop here), and
     ``cycle [G]``: whether the group's graph has a move cycle of positive total gain that reaches an expert with
-    room.
+    room (then ``value`` and ``succ`` of that group are not chains; see :func:`augment_open_slots`).
 
     ``gain [G, E, E]``: the best single move (``-inf`` = none), ``room [G, E]`` bool. A value only counts as better
     when it gains more than ``tol`` (float rounding is not a better chain). Without a positive cycle, every longest
     path has at most ``E - 1`` moves, is simple (a walk that repeats an expert would contain a cycle of gain
     ``<= tol``, which the rule above never adds) and so is a chain; ``E - 1`` rounds find it, and a further
-    improvement in round ``E`` proves a positive cycle. Such a cycle is not a chain (a walk around it would move the
-    same token twice); :func:`augment_open_slots` applies it first instead.
+    improvement in round ``E`` proves a positive cycle. Around such a cycle the longest walk grows without bound and
+    is not a chain (it would move the same token twice).
     """
     g, e = room.shape
     neg = torch.full_like(gain[:, 0], _NEG)
@@ -128,9 +128,7 @@ def best_chains(gain: torch.Tensor, room: torch.Tensor, tol: float) -> tuple[tor
         best = (gain + value.unsqueeze(1)).max(dim=2)
         better = best.values > value + tol
         if r == e - 1:
-            # Round E: an improvement proves a positive cycle; point succ along it so that it can be followed.
-            cycle = better.any(dim=1)
-            succ = torch.where(better, best.indices, succ)
+            cycle = better.any(dim=1)  # round E improved: a positive cycle
             break
         if check_now(gain.device, r) and not bool(better.any()):
             break
@@ -139,34 +137,26 @@ def best_chains(gain: torch.Tensor, room: torch.Tensor, tol: float) -> tuple[tor
     return value, succ, cycle
 
 
-def _cycle_nodes(gain: torch.Tensor, value: torch.Tensor, succ: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The positive cycle of each group that has one: long ``[G, E + 1]`` (its experts in move order, the first
-    repeated at the end, ``-1`` padding after) and bool ``[G]`` whether a cycle of gain ``> tol`` was found.
-
-    From an expert that still improved in Bellman-Ford's last round, ``E`` steps along ``succ`` lead into a cycle
-    (the standard argument for negative cycles, with the signs turned)."""
-    g, e = succ.shape
-    groups = torch.arange(g, device=succ.device)
-    start = torch.argmax(((gain + value.unsqueeze(1)).amax(dim=2) > value + tol).long(), dim=1)
-    cur, ok = start.clone(), torch.ones(g, dtype=torch.bool, device=succ.device)
-    for _ in range(e):
-        ok &= cur >= 0
-        cur = succ[groups, cur.clamp(min=0)]
-    ok &= cur >= 0
-    cur = cur.clamp(min=0)
-    path = torch.full((g, e + 1), -1, dtype=torch.long, device=succ.device)
-    path[:, 0] = cur
-    total = torch.zeros_like(value[:, 0])
-    open_ = torch.ones(g, dtype=torch.bool, device=succ.device)
-    node = cur
-    for i in range(1, e + 1):
-        nxt = succ[groups, node].clamp(min=0)
-        ok &= ~open_ | (succ[groups, node] >= 0)
-        total = total + torch.where(open_, gain[groups, node, nxt], torch.zeros_like(total))
-        path[:, i] = torch.where(open_, nxt, -1)
-        open_ = open_ & (nxt != cur)
-        node = nxt
-    return path, ok & ~open_ & (total > tol)
+def layered_chains(gain: torch.Tensor, room: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fallback where the move graph has a positive cycle: breadth-first from the experts with room, backwards
+    along moves, each expert's chain value the best over experts reached in earlier rounds. Every chain found is
+    simple (an expert's successor was reached strictly before it), but it is the best chain only among those that
+    respect this layering. Returns ``value [G, E]`` and ``succ [G, E]`` as :func:`best_chains` does."""
+    g, e = room.shape
+    value = torch.where(room, torch.zeros_like(gain[:, 0]), torch.full_like(gain[:, 0], _NEG))
+    succ = torch.full((g, e), -1, dtype=torch.long, device=room.device)
+    reached = room.clone()
+    for r in range(e):
+        through = gain + value.unsqueeze(1)  # [G, from, to]
+        through = torch.where(reached.unsqueeze(1), through, torch.full_like(through, _NEG))
+        best = through.max(dim=2)
+        new = ~reached & torch.isfinite(best.values)
+        if check_now(gain.device, r) and not bool(new.any()):
+            break
+        value = torch.where(new, best.values, value)
+        succ = torch.where(new, best.indices, succ)
+        reached = reached | new
+    return value, succ
 
 
 def _move_along(
@@ -203,11 +193,16 @@ def augment_open_slots(
 
     ``fill`` bool ``[G, T, R]``: slots that may be filled; ``movable`` bool ``[G, T, R]``: filled slots whose expert
     may be exchanged for another (the others stay fixed). Each step fills one slot per group by the chain of the
-    largest total score change over every open token, entry expert and chain (:func:`best_chains`; ties: the first
-    open token, then the lowest expert). If the move graph has a cycle of positive gain, the step applies that cycle
-    instead (it raises the score at unchanged loads, so it can happen only finitely often) and fills nothing; a step
-    that fills is then exactly the best chain. Returns the new slots and the number of slots filled. Each step
-    costs ``O(G T E R)`` for the move graph and ``O(G E^3)`` at most for Bellman-Ford.
+    largest total score change over every open token, entry expert and chain (:func:`best_chains`, a Bellman-Ford
+    over the ``E x E`` move graph; ties: the first open token, then the lowest expert).
+
+    That is exact when the move graph has no cycle of positive gain, which holds whenever the movable slots are
+    optimal for their loads (e.g. after an exact stage 2). A positive cycle means the routing could be improved
+    without changing any load; the longest walk then loops and is not a chain, and the best *simple* chain is a
+    longest-simple-path problem (NP-hard in general). In such a group this step takes the best chain that respects
+    breadth-first layers (:func:`layered_chains`): always a valid chain, not always the best one. Returns the new
+    slots and the number of slots filled. Each step costs ``O(G T E R)`` for the move graph and up to ``O(G E^3)``
+    for Bellman-Ford.
     """
     g, t, r = experts.shape
     e = scores.shape[2]
@@ -236,18 +231,14 @@ def augment_open_slots(
         room = expert_load(experts, e) < capacity
         gain = _push_gain(scores, experts, movable)
         value, succ, cycle = best_chains(gain, room, tol)
-        cycle &= open_token.any(dim=1)
         any_open, any_cycle = torch.stack([open_token.any(), cycle.any()]).tolist()
         if not any_open:
             break
         steps += 1
         if any_cycle:
-            path, found = _cycle_nodes(gain, value, succ, tol)
-            found &= cycle
-            if bool(found.any()):
-                experts = _move_along(scores, experts, movable, gain, path, found)
-                continue
-            # Not reached in practice: no cycle could be traced (float ties); fall back to the chains found.
+            layered_value, layered_succ = layered_chains(gain, room)
+            value = torch.where(cycle.unsqueeze(1), layered_value, value)
+            succ = torch.where(cycle.unsqueeze(1), layered_succ, succ)
         # Entry: the open token and expert of largest score + chain value, the first (token, expert) among equals,
         # as a max over the flattened [T * E] would pick; computed on the open tokens' rows alone.
         gi, ti = torch.nonzero(open_token, as_tuple=True)  # sorted by (group, token)

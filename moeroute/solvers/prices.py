@@ -78,6 +78,9 @@ class Candidates:
     values: torch.Tensor
     nodes: torch.Tensor
     bound: torch.Tensor
+    dense: tuple[int, int] = (0, 0)
+    """``(G, E)`` when the candidates are every expert in order and nothing else (then reduced values are a
+    broadcast subtraction, no gather); ``(0, 0)`` otherwise."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,10 @@ def candidates(
         values = torch.cat([values, torch.where(allowed, 0.0, -float("inf")).to(values.dtype)], dim=2)
         nodes = torch.cat([nodes, (base + e).expand(g, t, units)], dim=2)
     m = values.shape[2]
-    return Candidates(values.reshape(g * t, m).contiguous(), nodes.reshape(g * t, m).contiguous(), bound.reshape(-1))
+    dense = (g, e) if width >= e and drop is None else (0, 0)
+    return Candidates(
+        values.reshape(g * t, m).contiguous(), nodes.reshape(g * t, m).contiguous(), bound.reshape(-1), dense
+    )
 
 
 def _best_columns(red: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,11 +192,19 @@ def _rows_take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return a.reshape(-1)[rows + idx]
 
 
+def _reduced_numpy(values: np.ndarray, nodes: np.ndarray, prices: np.ndarray, dense: tuple[int, int]) -> np.ndarray:
+    """``values - prices[nodes]`` ``[N, M]``; a broadcast subtraction when the candidates are dense."""
+    g, e = dense
+    if g:
+        return (values.reshape(g, -1, e) - prices.reshape(g, e + 1)[:, None, :e]).reshape(values.shape)
+    return values - prices[nodes]
+
+
 def _hold_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices: np.ndarray,
-                demand: np.ndarray, k: int) -> _Held:
+                demand: np.ndarray, k: int, dense: tuple[int, int] = (0, 0)) -> _Held:
     """:func:`_hold_torch` in numpy: ``argpartition`` picks each row's ``k + 1`` best, a sort orders them (ties may
     fall either way, unlike the torch path's lower-position rule)."""
-    red = values - prices[nodes]
+    red = _reduced_numpy(values, nodes, prices, dense)
     n, m = red.shape
     if m < k + 1:
         red = np.concatenate([red, np.full((n, k + 1 - m), -np.inf, red.dtype)], axis=1)
@@ -205,12 +219,13 @@ def _hold_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices
 
 
 def _step_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices: np.ndarray, demand: np.ndarray,
-                uniform: bool, k: int, cap: np.ndarray, eps: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray]:
+                uniform: bool, k: int, cap: np.ndarray, eps: np.ndarray,
+                dense: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, bool, np.ndarray]:
     """One auction step in numpy without per-unit bookkeeping: the price increase ``[G*(E+1)]``, whether any node
     is over-full, and which rows hold a unit outside their candidates. The held units counted are the entries above
     both each row's ``(d+1)``-th largest reduced value (one ``partition`` per row; on ties fewer are counted, which
     only delays a price rise) and its bound; their margins are what they exceed the larger of the two by."""
-    red = values - prices[nodes]
+    red = _reduced_numpy(values, nodes, prices, dense)
     n, m = red.shape
     if m < k + 1:
         red = np.concatenate([red, np.full((n, k + 1 - m), -np.inf, red.dtype)], axis=1)
@@ -237,14 +252,12 @@ def _step_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices
     over = excess > 0
     if not over.any():
         return np.zeros(total, np.float32), False, outside_rows
+    # Margins are > 0 here, and the bits of a non-negative float32 read as an int32 already sort like the float.
     margin = red.reshape(-1)[flat] - floor[flat // m]
-    bits = margin.view(np.int32)
-    mono = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
-    keys = np.sort((ids << 32) | (mono + _HALF))
+    keys = np.sort((ids << 32) | margin.view(np.int32).astype(np.int64))
     starts = np.cumsum(load) - load
     at = np.minimum(starts + np.maximum(excess, 1) - 1, max(keys.size - 1, 0))
-    low = ((keys[at] & _LOW) - _HALF).astype(np.int32)
-    kth = (low ^ ((low >> 31) & 0x7FFFFFFF)).view(np.float32)
+    kth = (keys[at] & _LOW).astype(np.int32).view(np.float32)
     step = np.where(over & np.isfinite(kth), kth + eps, np.float32(0)).astype(np.float32)
     return step, True, outside_rows
 
@@ -268,7 +281,8 @@ def _finish_hold(xp, vals, held, bound, demand, k: int) -> _Held:
     top = vals[:, :k]
     active = (xp.arange(k).reshape(1, k) < demand.reshape(-1, 1)) & xp.isfinite(top)
     held = xp.where(active, xp.where(top >= bound, held, OUTSIDE), NONE)
-    margin = xp.where(xp.isfinite(alt), top - alt, float("inf"))
+    # (-inf - -inf would be NaN: a row without alternative has an infinite margin, one without units none.)
+    margin = xp.where(xp.isfinite(alt), top - xp.where(xp.isfinite(alt), alt, 0), float("inf"))
     return _Held(held, top, margin)
 
 
@@ -341,7 +355,7 @@ def _auction_numpy(cands, prices, cap, demand, k, scale, config, partial, remake
     it, done = 0, False
     while it < config.iters:
         args = (cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, uniform, k, capn)
-        step, any_over, outside = _step_numpy(*args, (scl * config.eps(it)).astype(np.float32))
+        step, any_over, outside = _step_numpy(*args, (scl * config.eps(it)).astype(np.float32), cands.dense)
         if partial and outside.any():
             # The outside units were not counted this time; from the next step on they are, on fresh candidates.
             _refresh(cands, torch.from_numpy(outside), remake, torch.from_numpy(p))
@@ -350,7 +364,7 @@ def _auction_numpy(cands, prices, cap, demand, k, scale, config, partial, remake
             break
         p += step
         it += 1
-    held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k)
+    held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k, cands.dense)
     if partial and (held.nodes == OUTSIDE).any():
         cands = _refresh(cands, torch.from_numpy((held.nodes == OUTSIDE).any(axis=1)), remake, torch.from_numpy(p))
         held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k)
