@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from moeroute.routers._capacity import expert_load
-from moeroute.solvers.sync import check_now, on_accelerator
+from moeroute.solvers.sync import check_doubling, on_accelerator
 
 _NEG = -float("inf")
 
@@ -130,7 +130,7 @@ def best_chains(gain: torch.Tensor, room: torch.Tensor, tol: float) -> tuple[tor
         if r == e - 1:
             cycle = better.any(dim=1)  # round E improved: a positive cycle
             break
-        if check_now(gain.device, r) and not bool(better.any()):
+        if check_doubling(gain.device, r) and not bool(better.any()):
             break
         value = torch.where(better, best.values, value)
         succ = torch.where(better, best.indices, succ)
@@ -151,7 +151,7 @@ def layered_chains(gain: torch.Tensor, room: torch.Tensor) -> tuple[torch.Tensor
         through = torch.where(reached.unsqueeze(1), through, torch.full_like(through, _NEG))
         best = through.max(dim=2)
         new = ~reached & torch.isfinite(best.values)
-        if check_now(gain.device, r) and not bool(new.any()):
+        if check_doubling(gain.device, r) and not bool(new.any()):
             break
         value = torch.where(new, best.values, value)
         succ = torch.where(new, best.indices, succ)
@@ -172,7 +172,7 @@ def _move_along(
     for i in range(path.shape[1] - 1):
         src, dst = path[:, i], path[:, i + 1]
         step = active & (src >= 0) & (dst >= 0)
-        if check_now(experts.device, i) and not bool(step.any()):
+        if not on_accelerator(experts.device) and not bool(step.any()):
             break
         u = _push_token(scores, before, movable_before, gain, src.clamp(min=0), dst.clamp(min=0))
         row = experts[groups, u]

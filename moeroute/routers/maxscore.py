@@ -31,7 +31,7 @@ from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_residual
 from moeroute.solvers.prices import PriceConfig, solve_prices
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
-from moeroute.solvers.sync import check_now, on_accelerator
+from moeroute.solvers.sync import check_doubling, on_accelerator
 
 _NEG = -float("inf")
 
@@ -105,7 +105,7 @@ def greedy_top1(
         when.scatter_reduce_(1, torch.where(fills, choice, e), torch.where(fills, token, t).expand(g, t), "amin")
         first = when[:, :e].min(dim=1)
         new = first.values < t
-        if check_now(device, r) and not bool(new.any()):
+        if check_doubling(device, r) and not bool(new.any()):
             break
         at = first.indices.unsqueeze(1)
         full_at.scatter_(1, at, torch.where(new, first.values, full_at.gather(1, at).squeeze(1)).unsqueeze(1))

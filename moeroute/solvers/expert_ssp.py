@@ -315,13 +315,11 @@ def solve_expert_ssp(
     costs = np.zeros((g, t, e + 1), dtype=np.int64)
     costs[..., :e] = integer_costs(scores)
     out = np.zeros((g, t, e), dtype=bool)
-    stats = {"steps": 0, "paths": 0}
     for i in range(g):
         group = _Group(costs[i], cap, k)
         budget = STEPS_PER_NODE * (e + 1) if max_steps is None else max_steps
-        stats["steps"] += group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1), min_gain=MIN_GAIN_PER_SHED)
+        group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1), min_gain=MIN_GAIN_PER_SHED)
         group.place_filler()
-        stats["paths"] += group.ssp_phase()
+        group.ssp_phase()
         out[i] = group.member[:, :e]
-    solve_expert_ssp.last_stats = stats  # type: ignore[attr-defined]
     return finish(out, scores, "expert_ssp", costs[..., :e])

@@ -39,6 +39,16 @@ def check_now(device: torch.device, it: int, every: int = CHECK_EVERY) -> bool:
     return not on_accelerator(device) or (it + 1) % max(1, every) == 0
 
 
+def check_doubling(device: torch.device, it: int) -> bool:
+    """:func:`check_now` for loops whose length grows with the problem (e.g. one round per expert that fills): on an
+    accelerator, test after rounds 4, 16, 64, 256, ... only, so that ``E <= 256`` rounds cost at most four
+    synchronisations and at most ``4x`` the rounds needed."""
+    if not on_accelerator(device):
+        return True
+    n = it + 1
+    return n >= 4 and (n & (n - 1)) == 0 and (n.bit_length() - 1) % 2 == 0
+
+
 @contextlib.contextmanager
 def as_on_accelerator() -> Iterator[None]:
     """Within the block, CPU tensors take the accelerator code paths (no numpy, sparse convergence tests)."""
