@@ -10,17 +10,19 @@ def test_bench_prints_solver_and_router_tables(capsys):
     code = main([
         "bench", "--sections", "solvers,routers", "--solver-sizes", "64x8,2x32x4", "--router-sizes", "2x32x4",
         "--router", "gshard", "--router", "dropless", "--router", "exact", "--repeats", "2", "--quiet",
-        "--workloads", "skew",
+        "--workloads", "skew", "--k", "2,8",
     ])
     out = capsys.readouterr().out
     assert code == 0
     assert "Exact MCMF optimum" in out and "ortools direct" in out and "expert_ssp" in out
     assert "WRONG" not in out  # every fast solver found OR-tools' integer optimum
     assert "Routers" in out and "dropless" in out and "torch.topk" in out
+    assert "k=8" in out  # a second k: its sizes with E < k are skipped, the tables still print
 
 
 def test_bench_rejects_bad_sizes_and_sections(capsys):
     assert main(["bench", "--sections", "nope"]) == 2
+    assert main(["bench", "--sections", "solvers", "--k", "2,x"]) == 2
     assert main(["bench", "--sections", "solvers", "--solver-sizes", "12"]) == 2
     assert "size must look like" in capsys.readouterr().err
 
