@@ -1,7 +1,7 @@
 """Count the host synchronisations a router would make on a GPU, on a CPU machine.
 
-Inside :func:`moeroute.solvers.sync.as_on_accelerator` the code takes its accelerator paths; every call that would
-make the host wait for a GPU is wrapped and counted: reading a value (``item``, ``tolist``, ``bool``/``int``/``float``
+Inside :func:`moeroute.solvers.sync.as_on_accelerator` the code takes its accelerator paths; every torch call that
+would make the host wait for a GPU is seen by a ``TorchFunctionMode`` and counted: reading a value (``item``, ``tolist``, ``bool``/``int``/``float``
 of a tensor, ``numpy``, ``cpu``), ``nonzero`` (its size is data), and indexing with a boolean mask (its result's
 size is data). Used by tests/test_gpu_ready.py and to write the table of docs/gpu.md
 (``python tests/sync_counter.py``).
@@ -10,13 +10,15 @@ size is data). Used by tests/test_gpu_ready.py and to write the table of docs/gp
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from moeroute.solvers.sync import as_on_accelerator
 
-_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu")
+_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu", "nonzero", "masked_select",
+          "unique", "unique_consecutive"}
 
 
 def _has_bool_index(index: object) -> bool:
@@ -24,50 +26,30 @@ def _has_bool_index(index: object) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
+class _SyncCounter(TorchFunctionMode):
+    """Counts the torch calls that would synchronise a GPU (torch calls ``func`` with this mode switched off, so
+    nested calls are not counted twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        name = getattr(func, "__name__", "")
+        if name in _READS or (name in ("__getitem__", "__setitem__") and len(args) > 1 and _has_bool_index(args[1])):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 @contextlib.contextmanager
 def counting_syncs() -> Iterator[list[int]]:
-    """Within the block, ``counter[0]`` counts synchronising calls made with the accelerator paths on."""
+    """Within the block, ``counter[0]`` counts synchronising calls made with the accelerator paths on (read it
+    after the block)."""
     counter = [0]
-    saved: dict[str, Callable] = {}
-    depth = [0]
-
-    def wrap(fn: Callable) -> Callable:
-        def inner(*args, **kwargs):
-            if depth[0] == 0:
-                counter[0] += 1
-            depth[0] += 1
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-        return inner
-
-    def wrap_index(fn: Callable) -> Callable:
-        def inner(self, index, *rest):
-            if depth[0] == 0 and _has_bool_index(index):
-                counter[0] += 1
-            return fn(self, index, *rest)
-        return inner
-
-    for name in _METHODS:
-        saved[name] = getattr(torch.Tensor, name)
-        setattr(torch.Tensor, name, wrap(saved[name]))
-    saved["nonzero"] = torch.Tensor.nonzero
-    torch.Tensor.nonzero = wrap(saved["nonzero"])
-    saved["torch.nonzero"] = torch.nonzero
-    torch.nonzero = wrap(saved["torch.nonzero"])
-    for name in ("__getitem__", "__setitem__"):
-        saved[name] = getattr(torch.Tensor, name)
-        setattr(torch.Tensor, name, wrap_index(saved[name]))
-    try:
-        with as_on_accelerator():
-            yield counter
-    finally:
-        for name, fn in saved.items():
-            if name == "torch.nonzero":
-                torch.nonzero = fn
-            else:
-                setattr(torch.Tensor, name, fn)
+    mode = _SyncCounter()
+    with as_on_accelerator(), mode:
+        yield counter
+    counter[0] = mode.count
 
 
 def syncs_of(spec: str, groups: int, tokens: int, experts: int, k: int, workload: str = "skew", seed: int = 0) -> int:

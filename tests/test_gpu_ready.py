@@ -35,7 +35,9 @@ def test_the_counter_sees_a_synchronisation() -> None:
         x[x > 1]
         torch.nonzero(x)
         x.tolist()
+        x + 1  # not a synchronisation
     assert counter[0] == 4
+    assert torch.tensor([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]  # torch left as it was
 
 
 def test_accelerator_paths_give_the_cpu_results() -> None:

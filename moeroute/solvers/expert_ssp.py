@@ -26,9 +26,9 @@ is over-full. Two phases, per group:
    over-full nodes finds the shortest path to a node with room and one unit moves along it (one token per hop);
    a shortest path keeps the pseudo-flow min-cost, and each removes one unit of excess.
 
-Measured (benchmarks/bench_routing.py, 2 threads): about 0.35x (Gaussian) to 0.75x (skewed) of OR-tools'
-time at 16384 x 64, 0.7-1.5x at 4096 x 64, 2-3.5x on 32 groups of 512 x 16 (per-group Python overhead), so
-``auto`` picks by group size.
+Its cost is the price phase plus one shortest path over the ``E + 1`` nodes per unit of excess it leaves, plus
+Python overhead per group: it pays off for large groups with few experts and small ``k``, where OR-tools' network
+of ``T * E`` arcs is the larger problem. ``auto`` picks by the measured crossovers (benchmarks/PERF.md).
 """
 
 from __future__ import annotations
