@@ -38,3 +38,25 @@ def test_slow_solver_is_capped():
 
     scores = np.random.default_rng(0).random((1, 8, 4))
     assert bench.capped_solve(scores, 2, 4, "spfa", cap_s=30) is not None
+
+
+def test_bench_refuses_an_absent_device(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    assert main(["bench", "--sections", "routers", "--device", "cuda", "--router-sizes", "64x8", "--quiet"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_router_rows_skip_a_captured_workload_of_another_width():
+    rows = bench.router_rows(
+        ["gshard"], [bench.Size(1, 256, 8)], ["captured:data/captured/ablation_maxscore.safetensors:layer0"], 2, 1.0,
+        repeats=1, log=lambda m: None,
+    )
+    assert rows == []  # the file has E = 16, the size E = 8
+    rows = bench.router_rows(
+        ["gshard"], [bench.Size(32, 512, 16)], ["captured:data/captured/ablation_maxscore.safetensors:layer0"], 2,
+        1.0, repeats=1, log=lambda m: None, gap=False,
+    )
+    assert {r["size"] for r in rows} == {"16x512x16"}  # 8192 tokens: as many groups as the file holds
