@@ -26,7 +26,8 @@ def reroute_rounds(
     (a token's j-th open slot takes its j-th best such expert, so one token never proposes an expert twice); the
     proposals queue rank-major in token order, like GShard, behind the load already placed. Every round places at
     least one proposal or ends the loop, so it stops after at most ``G*T*R`` rounds (or ``max_rounds``).
-    Returns the new slots and the number of rounds that placed something.
+    Returns the new slots and the number of rounds that placed something. Host synchronisations (docs/gpu.md): one
+    to find the open rows, a convergence test every few rounds on an accelerator, one for the count.
     """
     g, t, r = experts.shape
     e = choice_scores.shape[2]

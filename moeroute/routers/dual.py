@@ -17,7 +17,6 @@ import torch
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import EMPTY, Slots
-from moeroute.routers._capacity import expert_load
 from moeroute.routers._prices import place_units
 from moeroute.routers._repair import augment_open_slots
 from moeroute.routers.registry import AllReduce, register_router
@@ -75,8 +74,13 @@ def start_prices(x: RouterInput, opts: DualOptions) -> Optional[torch.Tensor]:
 
 
 def rank_by_score(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Each token's slots ordered by score, best first, empty slots last: long ``[G, T, R]``."""
-    value = torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), torch.full_like(scores[..., :1], -float("inf")).expand_as(experts))
+    """Each token's slots ordered by score, best first, empty slots last (ties keep their order): long
+    ``[G, T, R]``. Two slots are one compare-and-swap; more, a stable sort."""
+    picked = torch.gather(scores, 2, experts.clamp(min=0))
+    value = torch.where(experts >= 0, picked, torch.full_like(picked, -float("inf")))
+    if experts.shape[2] == 2:
+        swap = (value[:, :, 1] > value[:, :, 0]).unsqueeze(2)
+        return torch.where(swap, experts.flip(2), experts)
     order = torch.sort(value, dim=2, descending=True, stable=True).indices
     return torch.gather(experts, 2, order)
 
@@ -139,4 +143,4 @@ def dual(x: RouterInput, opts: DualOptions) -> Slots:
     return Slots(experts, meta=meta, state={"prices": prices[:, : x.experts].mean(dim=0)})
 
 
-__all__ = ["DualOptions", "dual", "dual_step_update", "expert_load", "rank_by_score", "route_by_prices", "start_prices"]
+__all__ = ["DualOptions", "dual", "dual_step_update", "rank_by_score", "route_by_prices", "start_prices"]
