@@ -98,7 +98,7 @@ class Units:
 class PriceResult:
     """``prices`` float32 ``[G, E + 1]`` (the drop node last), the final ``candidates``, the ``units`` held at the
     final prices, the price updates made (``iterations``) and whether no node was over-full at the end
-    (``converged``: the held units are then an LP optimum)."""
+    (``converged``: every unit then fits; docs/dual.md says what that guarantees)."""
 
     prices: torch.Tensor
     candidates: Candidates
@@ -119,7 +119,7 @@ def candidates(
     drop: Optional[torch.Tensor] = None,
 ) -> Candidates:
     """Every token's ``width`` experts of largest reduced value at ``prices`` ``[G, E + 1]`` (all experts when
-    ``width >= E``; ties to the lower expert), plus ``units`` drop-node columns (value 0, or ``-inf`` in groups
+    ``width >= E``; on ties either may be taken), plus ``units`` drop-node columns (value 0, or ``-inf`` in groups
     whose ``drop`` capacity is 0) when ``drop`` (long ``[G]``) is given. ``excluded`` long ``[G, T, R]``: experts
     each token may not take (``-1`` = none)."""
     g, t, e = scores.shape
