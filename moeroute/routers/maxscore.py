@@ -56,7 +56,7 @@ class MaxScoreOptions:
     tol: float = 1e-2
     repair: bool = True
     plan: Literal["joint", "rounds"] = "joint"
-    price_iters: int = 16
+    price_iters: int = 12
     price_eps: float = 0.1
 
     def validate(self) -> None:
