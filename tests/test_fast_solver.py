@@ -101,7 +101,7 @@ def test_medium_problems(kind, groups, tokens, experts, k, cf):
             np.testing.assert_array_equal(got.flow, ref.flow)
 
 
-def test_auto_dispatches_by_group_size(monkeypatch):
+def test_auto_dispatches_by_group_size_experts_and_k(monkeypatch):
     scores = make_scores("skew", 2, 64, 8, seed=3)
     cap = expert_capacity(1.0, 2, 64, 8)
     assert solvers.DEFAULT_SOLVER == "auto"
@@ -111,6 +111,13 @@ def test_auto_dispatches_by_group_size(monkeypatch):
     got = solve_optimum(scores, 2, cap)
     assert got.solver == "expert_ssp"
     np.testing.assert_array_equal(got.int_cost, solve_optimum(scores, 2, cap, "ortools").int_cost)
+    cap8 = expert_capacity(1.0, 8, 64, 8)
+    assert solve_optimum(scores, 8, cap8).solver == "ortools"  # k = 8: OR-tools wins at every measured size
+    monkeypatch.setattr(solvers, "AUTO_MAX_EXPERTS", 4)
+    assert solve_optimum(scores, 2, cap).solver == "ortools"  # too many experts for the expert graph
+    monkeypatch.setattr(solvers, "AUTO_MAX_EXPERTS", 64)
+    monkeypatch.setattr(solvers, "AUTO_MIN_TOKENS_PER_EXPERT", 16)
+    assert solve_optimum(scores, 2, cap).solver == "ortools"  # too few tokens per expert (64 < 16 * 8)
 
 
 def test_exact_router_accepts_the_new_solvers():

@@ -25,7 +25,7 @@ from moeroute.workloads import synthetic_logits
 
 from conftest import seeded_logits
 
-STAGE2 = ("sinkhorn", "exact", "iterative")
+STAGE2 = ("sinkhorn", "dual", "exact", "iterative")
 
 
 def as_logits(scores: list[list[float]]) -> torch.Tensor:
@@ -389,3 +389,13 @@ def test_joint_plan_stays_close_to_exact_where_tokens_need_several_slots(k: int,
         assert int((r.experts < 0).sum()) == 0
         got[spec] = routing_metrics(x, r).objective
     assert (got["stage2=exact"] - got["stage2=sinkhorn"]) / got["stage2=exact"] < 0.005
+
+
+def test_stage2_auto_is_sinkhorn_with_one_open_slot_and_prices_with_more() -> None:
+    logits = synthetic_logits("skew", 2, 64, 8, seed=1)
+    two = route(logits, "maxscore", k=2, capacity_factor=1.0)
+    assert two.meta["stage2"] == "sinkhorn"
+    assert torch.equal(two.experts, route(logits, "maxscore:stage2=sinkhorn", k=2, capacity_factor=1.0).experts)
+    four = route(logits, "maxscore", k=4, capacity_factor=1.0)
+    assert four.meta["stage2"] == "dual" and four.meta["price_iters"] >= 1
+    assert torch.equal(four.experts, route(logits, "maxscore:stage2=dual", k=4, capacity_factor=1.0).experts)

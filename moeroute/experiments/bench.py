@@ -26,8 +26,15 @@ from moeroute.core.problem import RouterInput, make_input
 from moeroute.core.timing import interleaved
 from moeroute.routers import bind_router, router_names
 from moeroute.solvers import DEFAULT_SOLVER, SOLVERS, solve_optimum
-from moeroute.solvers.flow_network import effective_capacity, integer_costs
-from moeroute.workloads import synthetic_logits
+from moeroute.solvers.flow_network import SCALE, effective_capacity
+from moeroute.workloads import (
+    captured_experts,
+    captured_tokens,
+    is_captured,
+    parse_captured,
+    synthetic_logits,
+    workload_logits,
+)
 
 SLOW_SOLVERS = ("spfa", "network_simplex", "max_flow_min_cost")
 
@@ -57,19 +64,42 @@ class Size:
         return body if self.groups == 1 else f"{self.groups}x{body}"
 
 
-def make_case(workload: str, size: Size, k: int, cf: Optional[float], seed: int = 0) -> RouterInput:
-    return make_input(synthetic_logits(workload, size.groups, size.tokens, size.experts, seed), k, cf)
+def make_case(
+    workload: str, size: Size, k: int, cf: Optional[float], seed: int = 0, device: Optional[torch.device] = None
+) -> RouterInput:
+    """The routing problem of one benchmark cell: a synthetic family, or ``captured:PATH[:KEY]`` logits (whose ``E``
+    must be the size's; groups are cut from the file's tokens, as many as it holds up to ``size.groups``)."""
+    if is_captured(workload):
+        experts = captured_experts(workload)
+        if experts != size.experts:
+            raise MoeRouteError(f"{workload} has E={experts}, not {size.experts}")
+        groups = min(size.groups, captured_tokens(*parse_captured(workload)).shape[0] // size.tokens)
+        if groups < 1:
+            raise MoeRouteError(f"{workload} holds too few tokens for a group of {size.tokens}")
+        logits = workload_logits(workload, groups, size.tokens, experts, seed)
+    else:
+        logits = synthetic_logits(workload, size.groups, size.tokens, size.experts, seed)
+    if device is not None:
+        logits = logits.to(device)
+    return make_input(logits, k, cf)
+
+
+def case_size(x: RouterInput) -> str:
+    """The ``GxTxE`` a case was actually built at (captured files may hold fewer groups than asked)."""
+    return str(Size(x.groups, x.tokens, x.experts))
 
 
 # -- exact solvers ------------------------------------------------------------------------------------------------
 
 
-def ortools_direct(costs: np.ndarray, k: int, capacity: Optional[int]) -> int:
-    """The baseline: OR-tools ``SimpleMinCostFlow`` called directly on int64 costs ``[G, T, E]`` (all groups in one
-    network), as a user would write it: build the arc arrays, solve max-flow-min-cost, read the pair flows."""
+def ortools_direct(scores: np.ndarray, k: int, capacity: Optional[int]) -> int:
+    """The baseline: OR-tools ``SimpleMinCostFlow`` called directly, as a user would write it: float64 scores
+    ``[G, T, E]`` rounded to int64 costs, the arc arrays (all groups in one network), max-flow-min-cost, the pair
+    flows read back. Returns the optimal integer cost."""
     from ortools.graph.python import min_cost_flow
 
-    g, t, e = costs.shape
+    g, t, e = scores.shape
+    costs = -np.rint(scores * SCALE).astype(np.int64)
     n_tok, n_pair = g * t, g * t * e
     tokens = np.arange(2, 2 + n_tok)
     experts = np.arange(2 + n_tok, 2 + n_tok + g * e)
@@ -121,18 +151,20 @@ def solver_rows(
     rows, measured = [], {}
     for size in sizes:
         for workload in workloads:
+            if k > size.experts:
+                log(f"solvers: {size}: skipped (k={k} > E)")
+                continue
             x = make_case(workload, size, k, cf)
             scores = x.scores.double().numpy()
-            costs = integer_costs(scores)
-            log(f"solvers: {workload} {size}")
+            log(f"solvers: {workload} {size} k={k}")
             fns: dict[str, Callable[[], Any]] = {
-                "ortools direct": lambda costs=costs, cap=x.capacity: ortools_direct(costs, k, cap)
+                "ortools direct": lambda scores=scores, cap=x.capacity: ortools_direct(scores, k, cap)
             }
             for name in fast:
                 fns[name] = lambda name=name, scores=scores, cap=x.capacity: solve_optimum(scores, k, cap, name)
             timed = interleaved(fns, repeats, budget_s=budget_s)
             ref_cost = timed["ortools direct"][0]
-            row = {"workload": workload, "size": str(size), "ortools direct": timed["ortools direct"][1]}
+            row = {"workload": workload, "size": str(size), "k": k, "ortools direct": timed["ortools direct"][1]}
             for name in fast:
                 row[name] = timed[name][1]
                 row[f"{name} exact"] = int(timed[name][0].int_cost.sum()) == ref_cost
@@ -161,7 +193,7 @@ def solver_rows(
 def default_router_specs() -> list[str]:
     """Every registered router, plus the variants worth timing that exist in this build."""
     names = router_names()
-    extra = ["gshard:drop_policy=probs", "maxscore:stage2=exact", "maxscore:stage2=iterative"]
+    extra = ["gshard:drop_policy=probs", "maxscore:stage2=dual", "maxscore:stage2=exact", "maxscore:stage2=iterative"]
     specs = list(names)
     for spec in extra:
         try:
@@ -174,16 +206,26 @@ def default_router_specs() -> list[str]:
 
 def router_rows(
     specs: list[str], sizes: list[Size], workloads: list[str], k: int, cf: Optional[float], repeats: int,
-    log: Callable[[str], None] = print, budget_s: float = 8.0,
+    log: Callable[[str], None] = print, budget_s: float = 8.0, device: Optional[torch.device] = None,
+    gap: bool = True,
 ) -> list[dict]:
-    """Median latency of each router on prepared inputs (scores already computed) beside ``gshard`` and a bare
-    ``torch.topk`` of the scores, with its objective gap to the MCMF optimum (default solver)."""
+    """Median latency of each router on prepared inputs (scores already computed, on ``device``) beside ``gshard``
+    and a bare ``torch.topk`` of the scores, with its objective gap to the MCMF optimum (default solver, on the
+    host; ``gap=False`` skips it). On an accelerator every timed call ends with a device synchronisation. A
+    captured workload whose ``E`` differs from the size's is skipped."""
     rows = []
     for size in sizes:
         for workload in workloads:
-            x = make_case(workload, size, k, cf)
-            log(f"routers: {workload} {size}")
-            optimum = float(solve_optimum(x.scores, k, x.capacity).objective.sum())
+            try:
+                if k > size.experts:
+                    raise MoeRouteError(f"k={k} > E")
+                x = make_case(workload, size, k, cf, device=device)
+            except MoeRouteError as exc:
+                log(f"routers: {workload} {size}: skipped ({exc})")
+                continue
+            where = case_size(x)
+            log(f"routers: {workload} {where} k={k}")
+            optimum = float(solve_optimum(x.scores, k, x.capacity).objective.sum()) if gap else None
             fns: dict[str, Callable[[], Any]] = {"torch.topk": lambda x=x: torch.topk(x.scores, k, dim=-1)}
             errors = {}
             for spec in ["gshard", *specs]:
@@ -194,20 +236,20 @@ def router_rows(
                     errors[spec] = str(exc)
                     continue
                 fns[spec] = lambda bound=bound, x=x: bound(x, check=False)
-            timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s)
+            timed = interleaved(fns, repeats, warmup=1, budget_s=budget_s, device=device)
             topk_ms, gshard_ms = timed["torch.topk"][1], timed["gshard"][1]
-            rows.append({"workload": workload, "size": str(size), "router": "torch.topk (no capacity)", "ms": topk_ms,
-                         "x gshard": topk_ms / gshard_ms, "x topk": 1.0, "gap": None, "drop": None})
+            head = {"workload": workload, "size": where, "k": k}
+            rows.append({**head, "router": "torch.topk (no capacity)", "ms": topk_ms, "x gshard": topk_ms / gshard_ms,
+                         "x topk": 1.0, "gap": None, "drop": None})
             for spec in specs:
                 if spec in errors:
-                    rows.append({"workload": workload, "size": str(size), "router": spec, "error": errors[spec]})
+                    rows.append({**head, "router": spec, "error": errors[spec]})
                     continue
                 routing, ms, calls = timed[spec]
                 m = routing_metrics(x, routing)
                 rows.append({
-                    "workload": workload, "size": str(size), "router": spec, "ms": ms, "x gshard": ms / gshard_ms,
-                    "x topk": ms / topk_ms, "gap": objective_gap(m.objective, optimum), "drop": m.slot_drop_rate,
-                    "calls": calls,
+                    **head, "router": spec, "ms": ms, "x gshard": ms / gshard_ms, "x topk": ms / topk_ms,
+                    "gap": objective_gap(m.objective, optimum), "drop": m.slot_drop_rate, "calls": calls,
                 })
     return rows
 
@@ -265,6 +307,30 @@ def memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optiona
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         rows.append({"router": spec, "peak_mb": max(0, out["after_kb"] - out["before_kb"]) / 1024,
                      "base_mb": out["before_kb"] / 1024, "how": out["how"]})
+    return rows
+
+
+def device_memory_rows(specs: list[str], size: Size, workload: str, k: int, cf: Optional[float],
+                       device: torch.device, log: Callable[[str], None] = print) -> list[dict]:
+    """Peak device memory each router adds on an accelerator (CUDA): ``torch.cuda.max_memory_allocated`` during one
+    call, reset just before it, minus what was allocated before (the input), in this process."""
+    x = make_case(workload, size, k, cf, device=device)
+    rows = []
+    for spec in ["torch.topk", *specs]:
+        log(f"memory: {spec}")
+        try:
+            bound = None if spec == "torch.topk" else bind_router(spec)
+            torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.topk(x.scores, k, dim=-1) if bound is None else bound(x)
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device)
+        except (MoeRouteError, ValueError, RuntimeError) as exc:
+            rows.append({"router": spec, "error": str(exc).splitlines()[0]})
+            continue
+        rows.append({"router": spec, "peak_mb": max(0, peak - before) / 2**20, "base_mb": before / 2**20,
+                     "how": "cuda max_memory_allocated"})
     return rows
 
 

@@ -11,15 +11,16 @@ import torch
 from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import EMPTY, expert_load
+from moeroute.solvers.sync import use_numpy
 
 __all__ = ["apply_capacity", "expert_load", "keep_within_capacity", "queue_positions", "rank_major", "token_major"]
 
 
 def _queue_positions_numpy(ids: np.ndarray, num_experts: int) -> np.ndarray:
     """:func:`queue_positions` in token order on CPU: the same integer arithmetic in numpy, whose stable argsort
-    of 16-bit keys is a radix sort. Measured at P = 32768 on 2 threads: 0.15 ms for the sort where torch 2.13's
-    stable sort took 250 ms, and each torch index/gather of P elements 12 ms on a loaded machine (its parallel
-    regions wait for the second thread), so the whole queue runs single-threaded in numpy."""
+    of 16-bit keys is a radix sort, orders of magnitude faster than torch's stable sort on CPU, and torch's index
+    and gather ops of this size wait for their parallel regions on a loaded machine, so the whole queue runs
+    single-threaded in numpy (benchmarks/PERF.md)."""
     g, p = ids.shape
     n_keys = g * (num_experts + 1)
     bucket = np.where(ids < 0, num_experts, ids)
@@ -39,13 +40,13 @@ def queue_positions(
 
     ``proposals`` ``[G, P]`` holds expert ids (``-1`` = no proposal, which queues for nothing). The queue is the
     proposal order along ``P`` (first come, first served), or ``priority`` ``[G, P]`` descending with the proposal
-    order breaking ties. Implemented as a stable sort of the expert ids, not a one-hot cumsum: at 16384 x 64 the
-    one-hot ``[P, E]`` cumsum took 34 ms and the sort 6.5 ms on 2 cores (reference note §4), bit-identical.
+    order breaking ties. Implemented as a stable sort of the expert ids, not a one-hot ``[P, E]`` cumsum: the same
+    positions, bit for bit, for ``O(P log P)`` instead of ``O(P E)`` work (benchmarks/PERF.md).
     On CPU the sort and the index arithmetic run in numpy (see :func:`_queue_positions_numpy`).
     """
     g, p = proposals.shape
     device = proposals.device
-    if device.type == "cpu":
+    if use_numpy(device):
         ids = proposals.numpy()
         order = None
         if priority is not None:

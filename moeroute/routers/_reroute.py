@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from moeroute.routers._capacity import expert_load, keep_within_capacity
+from moeroute.solvers.sync import check_now
 
 
 def reroute_rounds(
@@ -25,7 +26,8 @@ def reroute_rounds(
     (a token's j-th open slot takes its j-th best such expert, so one token never proposes an expert twice); the
     proposals queue rank-major in token order, like GShard, behind the load already placed. Every round places at
     least one proposal or ends the loop, so it stops after at most ``G*T*R`` rounds (or ``max_rounds``).
-    Returns the new slots and the number of rounds that placed something.
+    Returns the new slots and the number of rounds that placed something. Host synchronisations (docs/gpu.md): one
+    to find the open rows, a convergence test every few rounds on an accelerator, one for the count.
     """
     g, t, r = experts.shape
     e = choice_scores.shape[2]
@@ -41,11 +43,13 @@ def reroute_rounds(
     neg = torch.tensor(-float("inf"), device=choice_scores.device, dtype=choice_scores.dtype)
     n = gi.numel()
     slot_ids = torch.arange(r, device=experts.device).unsqueeze(0)
-    rounds = 0
-    while max_rounds is None or rounds < max_rounds:
+    order = torch.argsort(((gi.unsqueeze(1) * r + slot_ids) * t + ti.unsqueeze(1)).reshape(-1))
+    # Every round that proposes anything places at least one proposal, so G*T*R rounds always suffice.
+    limit = n * r if max_rounds is None else max_rounds
+    placed_rounds = torch.zeros((), dtype=torch.long, device=experts.device)
+    done = 0
+    while done < limit:
         open_slots = sub_fill & (sub_experts < 0)
-        if not bool(open_slots.any()):
-            break
         held = torch.zeros(n, e + 1, dtype=torch.bool, device=experts.device)
         held.scatter_(1, torch.where(sub_experts < 0, torch.full_like(sub_experts, e), sub_experts), True)
         eligible = (load[gi] < capacity) & ~held[:, :e]
@@ -54,21 +58,24 @@ def reroute_rounds(
         which = (torch.cumsum(open_slots.long(), dim=1) - 1).clamp(min=0)
         prop = torch.gather(cand.indices, 1, which)
         ok = open_slots & torch.isfinite(torch.gather(cand.values, 1, which))
-        if not bool(ok.any()):
+        # No host synchronisation per round on an accelerator: the test below runs every few rounds; a round
+        # without proposals changes nothing.
+        if check_now(experts.device, done) and not bool(ok.any()):
             break
         proposals = torch.where(ok, prop, torch.full_like(prop, -1))
         # The queue is rank-major in token order within each group, like GShard's: order the n x R proposals by
         # (group, slot, token) and fold the group into the expert id, so one queue over them alone gives every
         # group's queues (no [G, R*T] proposal table, no sort of it).
-        order = torch.argsort(((gi.unsqueeze(1) * r + slot_ids) * t + ti.unsqueeze(1)).reshape(-1))
         ids = torch.where(proposals >= 0, gi.unsqueeze(1) * e + proposals, -1).reshape(-1)[order]
         kept = keep_within_capacity(ids.unsqueeze(0), capacity, g * e, used=load.reshape(1, -1)).squeeze(0)
         keep = torch.empty_like(kept).scatter_(0, order, kept).view(n, r)
         sub_experts = torch.where(keep, proposals, sub_experts)
-        load = load.index_put(
-            (gi.unsqueeze(1).expand(n, r)[keep], proposals[keep]), torch.ones_like(proposals[keep]), accumulate=True
-        )
-        rounds += 1
+        # A scatter of the kept proposals (no boolean indexing: its size would need a host synchronisation).
+        slots_at = (gi.unsqueeze(1) * e + proposals.clamp(min=0)).reshape(-1)
+        load = load.reshape(-1).scatter_add(0, slots_at, keep.reshape(-1).long()).view(g, e)
+        placed_rounds += keep.any()
+        done += 1
+    rounds = int(placed_rounds)
     experts = experts.clone()
     experts[gi, ti] = sub_experts
     return experts, rounds

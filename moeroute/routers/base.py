@@ -40,8 +40,8 @@ def balanced_exact(scores: torch.Tensor) -> torch.Tensor:
     """Expert of each token ``[G, T]`` maximising the score sum with exactly ``T/E`` tokens per expert.
 
     With ``k = 1`` and ``C = T/E`` the MCMF optimum fills every slot, so it is the balanced assignment; OR-tools
-    solves all groups in one network. Measured at G=8, T=512, E=16 on one (shared) core: 58-82 ms, against
-    200-710 ms for scipy's ``linear_sum_assignment`` on the expert slots replicated ``T/E`` times (the reference in
+    solves all groups in one network, several times faster than scipy's ``linear_sum_assignment`` on the expert
+    slots replicated ``T/E`` times (benchmarks/PERF.md; the reference in
     ``tests/reference/assignment.py``; ``tests/test_base.py`` checks both reach the same optimum).
     """
     g, t, e = scores.shape

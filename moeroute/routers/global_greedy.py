@@ -25,8 +25,8 @@ def _rank_among(alive: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor, 
 def descending_key(values: torch.Tensor) -> torch.Tensor:
     """int64 keys whose ascending order is the descending order of float32 ``values`` (equal values, equal keys).
 
-    Sorting integers is far faster than sorting floats in torch on CPU (measured on [8, 8192]: 1.4 ms against
-    12.8 ms), so the orders below sort these keys. The float's bits, with the non-sign bits flipped for negatives,
+    Sorting integers is far faster than sorting floats in torch on CPU (benchmarks/PERF.md), so the orders below
+    sort these keys. The float's bits, with the non-sign bits flipped for negatives,
     are a monotone signed integer; ``+ 0.0`` first turns ``-0.0`` into ``+0.0``.
     """
     bits = (values.float() + 0.0).view(torch.int32)

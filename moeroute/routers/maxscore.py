@@ -5,10 +5,12 @@ Stage 1 (``stage1=``): ``greedy`` walks the tokens in order and gives each its b
 released code); ``argmax`` gives each token its top expert and lets the first ``C`` comers keep it, the overflow
 going to stage 2 with all ``k`` slots open.
 
-Stage 2 (``stage2=``): ``sinkhorn`` (entropic OT on the residual, cells capped at 1 when a token has several open
-slots, then a capacity-respecting rounding), ``exact`` (min-cost max-flow on the residual, OR-tools; what the
-released code computes with Kuhn-Munkres at k=2), ``iterative`` (rerouting rounds). Every variant ends with augmenting paths (``repair=true``)
-so no slot is left empty that the residual network could fill.
+Stage 2 (``stage2=``) solves the residual problem: ``sinkhorn`` (entropic OT on the residual, cells capped at 1 when
+a token has several open slots, then a capacity-respecting rounding), ``dual`` (expert prices on the residual, the
+auction of the ``dual`` router; docs/dual.md), ``exact`` (min-cost max-flow on the residual, OR-tools; what the
+released code computes with Kuhn-Munkres at k=2), ``iterative`` (rerouting rounds). ``auto`` (the default) takes
+``sinkhorn`` when each token has one slot left (k <= 2) and ``dual`` otherwise. Every variant ends with augmenting
+paths (``repair=true``) so no slot is left empty that the residual network could fill.
 """
 
 from __future__ import annotations
@@ -22,44 +24,49 @@ from moeroute.core.errors import MoeRouteError
 from moeroute.core.problem import RouterInput
 from moeroute.core.routing import EMPTY, Slots, slots_from_mask
 from moeroute.routers._capacity import expert_load, keep_within_capacity, queue_positions, rank_major, token_major
+from moeroute.routers._prices import place_units
 from moeroute.routers._repair import augment_open_slots, held_mask
 from moeroute.routers._reroute import reroute_rounds
 from moeroute.routers._topk import ScoreOptions
 from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_residual
+from moeroute.solvers.prices import PriceConfig, solve_prices
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
+from moeroute.solvers.sync import check_doubling, on_accelerator
 
 _NEG = -float("inf")
 
 
 @dataclass(frozen=True)
 class MaxScoreOptions(ScoreOptions):
-    """``score``: the scores it maximises (softmax, sigmoid, sqrt_softplus). ``stage1``: greedy | argmax. ``stage2``: sinkhorn | exact | iterative. Sinkhorn knobs: ``eps`` (entropic
-    temperature, in score units: the kernel is ``exp(S / eps)``), ``iters`` (iteration cap), ``tol`` (stop once
-    the row marginals are within ``tol``). ``repair``: finish with augmenting paths so every feasible slot fills.
-    ``plan`` (only matters when a token has two or more open slots: k >= 3, or stage-1 overflow): ``joint`` solves
-    one plan for all open slots with every cell capped at 1 (:func:`sinkhorn_capped_log`); ``rounds`` fills one
-    slot per token per round with the plain, faster Sinkhorn. Measured at T=512, E=16, cf=1, 4 groups, gap to
-    ``stage2=exact``: k=3 skew 0.07% (joint) vs 0.69% (rounds), k=4 skew 0.06-0.08% vs 0.72-0.77%, k=2 argmax
-    stage 1 on skew 0.06% vs 0.64%; gauss 0.06-0.09% either way. On 2 CPU cores joint costs ~2-8x rounds (a
-    top-k per row and per column each iteration).
-
-    Defaults measured at T=512, E=16, k=2, cf=1 (3 seeds x 8 groups, gap of the objective to ``stage2=exact``):
-    eps=0.02 plateaus at 0.15% (gauss) / 0.11% (skew) after 10 iterations; eps=0.01 reaches 0.12% / 0.06% in
-    20-30 (where tol=1e-2 stops); eps=0.005 needs 50-100 for 0.11% / 0.05%; eps=0.002 needs 100 for 0.09% /
-    0.05% and is 0.4% / 0.9% off at 10. The rounding, not the iteration count, dominates the rest."""
+    """``score``: the scores it maximises (softmax, sigmoid, sqrt_softplus). ``stage1``: greedy | argmax. ``stage2``: auto | dual | sinkhorn | exact | iterative (module docstring).
+    Sinkhorn knobs: ``eps`` (entropic temperature, in score units: the kernel is ``exp(S / eps)``), ``iters``
+    (iteration cap), ``tol`` (stop once the row marginals are within ``tol``); the rounding, not the iteration count,
+    dominates what is left of the gap. ``plan`` (only matters when a token has two or more open slots: k >= 3, or
+    stage-1 overflow): ``joint`` solves one plan for all open slots with every cell capped at 1
+    (:func:`sinkhorn_capped_log`); ``rounds`` fills one slot per token per round with the plain, faster Sinkhorn,
+    which is about ten times further from the exact residual at k >= 3. Price knobs (``stage2=dual``):
+    ``price_iters`` (the auction's update cap) and ``price_eps`` (its first extra step, as a fraction of the mean
+    top-1 score; the last is 100 times smaller). ``repair``: finish with augmenting paths so every feasible slot
+    fills. The measurements behind the defaults are in benchmarks/PERF.md."""
 
     stage1: Literal["greedy", "argmax"] = "greedy"
-    stage2: Literal["sinkhorn", "exact", "iterative"] = "sinkhorn"
+    stage2: Literal["auto", "dual", "sinkhorn", "exact", "iterative"] = "auto"
     iters: int = 50
     eps: float = 0.01
     tol: float = 1e-2
     repair: bool = True
     plan: Literal["joint", "rounds"] = "joint"
+    price_iters: int = 12
+    price_eps: float = 0.1
 
     def validate(self) -> None:
         if self.iters < 1:
             raise MoeRouteError(f"iters must be >= 1, got {self.iters}")
+        if self.price_iters < 0:
+            raise MoeRouteError(f"price_iters must be >= 0, got {self.price_iters}")
+        if not self.price_eps > 0:
+            raise MoeRouteError(f"price_eps must be > 0, got {self.price_eps}")
         if not self.eps > 0:
             raise MoeRouteError(f"eps must be > 0, got {self.eps}")
         if not self.tol >= 0:
@@ -87,10 +94,11 @@ def greedy_top1(
     device = scores.device
     token = torch.arange(t, device=device)
     full_at = torch.full((g, e), t, dtype=torch.long, device=device)  # t = not known to fill
-    groups = torch.arange(g, device=device)
     choice = _open_argmax(scores) if top1 is None else top1.clone()
+    accelerator = on_accelerator(device)
     rounds = 0
-    while True:
+    # At most min(E, T // C) experts fill before the last token, one per round, plus a round that finds none.
+    for r in range(min(e, t // max(capacity, 1)) + 1):
         rounds += 1
         fills = (choice >= 0) & (queue_positions(choice, e) == capacity - 1)
         fills &= torch.gather(full_at == t, 1, choice.clamp(min=0))
@@ -98,14 +106,21 @@ def greedy_top1(
         when.scatter_reduce_(1, torch.where(fills, choice, e), torch.where(fills, token, t).expand(g, t), "amin")
         first = when[:, :e].min(dim=1)
         new = first.values < t
-        if not bool(new.any()):
-            return choice, rounds
-        full_at[groups[new], first.indices[new]] = first.values[new]
+        if check_doubling(device, r) and not bool(new.any()):
+            break
+        at = first.indices.unsqueeze(1)
+        full_at.scatter_(1, at, torch.where(new, first.values, full_at.gather(1, at).squeeze(1)).unsqueeze(1))
         # Closing expert f at time tau changes only the choice of the later tokens that chose f (removing any other
-        # expert from a row leaves its first maximum where it was): re-choose those rows alone.
+        # expert from a row leaves its first maximum where it was): re-choose those rows alone (on an accelerator,
+        # every row, masked, which needs no host synchronisation).
         redo = new.unsqueeze(1) & (choice == first.indices.unsqueeze(1)) & (token.unsqueeze(0) > first.values.unsqueeze(1))
-        gi, ti = torch.nonzero(redo, as_tuple=True)
-        choice[gi, ti] = _open_argmax(scores[gi, ti], ti.unsqueeze(1) <= full_at[gi])
+        if accelerator:
+            rechosen = _open_argmax(scores, token.view(1, t, 1) <= full_at.unsqueeze(1))
+            choice = torch.where(redo, rechosen, choice)
+        else:
+            gi, ti = torch.nonzero(redo, as_tuple=True)
+            choice[gi, ti] = _open_argmax(scores[gi, ti], ti.unsqueeze(1) <= full_at[gi])
+    return choice, rounds
 
 
 def _open_argmax(scores: torch.Tensor, open_to: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -226,6 +241,22 @@ def stage2_sinkhorn(
     return experts, total_iters
 
 
+def stage2_dual(
+    scores: torch.Tensor, experts: torch.Tensor, capacity: int, config: PriceConfig
+) -> tuple[torch.Tensor, int]:
+    """Fill the empty slots by expert prices on the residual problem (moeroute/solvers/prices.py): each token wants
+    its open slots, each expert offers its room, a token's own experts are excluded; units the experts cannot
+    take go to the drop node. Returns the slots and the auction's price updates."""
+    g, t, r = experts.shape
+    e = scores.shape[2]
+    demand = (experts < 0).sum(dim=2)
+    room = (capacity - expert_load(experts, e)).clamp(min=0)
+    drop = (demand.sum(dim=1) - room.sum(dim=1)).clamp(min=0)
+    result = solve_prices(scores, demand, r, room, config, excluded=experts, drop=drop)
+    filled, _, _ = place_units(scores, experts, capacity, result)
+    return filled, result.iterations
+
+
 def stage2_exact(scores: torch.Tensor, experts: torch.Tensor, capacity: int) -> torch.Tensor:
     """Fill the empty slots by the exact min-cost max-flow of the residual problem (OR-tools on the CPU)."""
     e = scores.shape[2]
@@ -257,7 +288,7 @@ def rank_slots(scores: torch.Tensor, experts: torch.Tensor, stage1: torch.Tensor
     "maxscore",
     MaxScoreOptions,
     "MaxScore two-stage: capacity-aware top-1, then the other k-1 slots on the residual problem "
-    "(stage2=sinkhorn|exact|iterative), every feasible slot filled",
+    "(stage2=auto|dual|sinkhorn|exact|iterative), every feasible slot filled",
     "MaxScore (Dong et al. 2025, arXiv 2508.12801) and its released code",
 )
 def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Slots:
@@ -275,11 +306,21 @@ def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Slots:
     experts = torch.full((g, t, k), EMPTY, dtype=torch.long, device=scores.device)
     experts[:, :, 0] = first
     fill = experts < 0
-    if opts.stage2 == "sinkhorn":
+    stage2 = opts.stage2
+    if stage2 == "auto":
+        # One open slot per token (k <= 2): the plain Sinkhorn plan is cheap and near the residual optimum. Several
+        # (k >= 3): a capped joint plan needs a top-k per row and column every iteration; prices need none.
+        stage2 = "sinkhorn" if k <= 2 else "dual"
+    meta["stage2"] = stage2
+    if stage2 == "dual":
+        experts, meta["price_iters"] = stage2_dual(
+            scores, experts, capacity, PriceConfig(opts.price_iters, 0, opts.price_eps, opts.price_eps / 100)
+        )
+    elif stage2 == "sinkhorn":
         experts, meta["sinkhorn_iters"] = stage2_sinkhorn(
             scores, experts, capacity, opts.eps, opts.iters, opts.tol, joint=opts.plan == "joint"
         )
-    elif opts.stage2 == "exact":
+    elif stage2 == "exact":
         experts = stage2_exact(scores, experts, capacity)
     else:
         experts, meta["reroute_rounds"] = reroute_rounds(scores, experts, capacity, fill)

@@ -13,20 +13,24 @@ from moeroute.solvers.flow_network import SCALE, FlowSolution, Objective, max_fl
 
 Solver = Callable[[np.ndarray, int, Optional[int], Objective], FlowSolution]
 
-AUTO_MIN_PAIRS = 1 << 19
-AUTO_MIN_TOKENS_PER_EXPERT = 128
+AUTO_MIN_PAIRS = 1 << 18
+AUTO_MIN_TOKENS_PER_EXPERT = 64
+AUTO_MAX_EXPERTS = 64
+AUTO_MAX_K = 2
 """``auto`` uses ``expert_ssp`` for groups of at least ``AUTO_MIN_PAIRS`` token-expert pairs (``T * E``, e.g.
-8192 x 64) with at least ``AUTO_MIN_TOKENS_PER_EXPERT`` tokens per expert (``E << T``), OR-tools otherwise.
-Measured (benchmarks/bench_routing.py, 2 threads): ``expert_ssp`` takes about 0.35x (Gaussian) to 0.75x (skewed
-logits) of OR-tools' time at 16384 x 64 and 0.4-0.85x at 8192 x 64 (both optima), 0.7-1.5x at 4096 x 64, 2-3.5x on
-32 groups of 512 x 16 (per-group Python overhead), and 1.3-10x where E is large for T (8192 x 256, 2048 x 512)."""
+4096 x 64) with at least ``AUTO_MIN_TOKENS_PER_EXPERT`` tokens per expert, at most ``AUTO_MAX_EXPERTS`` experts and
+``k <= AUTO_MAX_K``; OR-tools otherwise. The crossovers are measured (benchmarks/PERF.md): ``expert_ssp`` spends a
+price phase plus one shortest path over the expert graph per unit of excess, with Python overhead per group, so it
+wins where a group is large, ``E`` is small next to ``T`` and each token ships few units. At ``k = 8`` it lost to
+OR-tools on skewed logits at every size, and at ``E >= 128`` with ``k = 2`` on skewed logits too (while it won on
+the other workloads), so those stay with OR-tools."""
 
 
 def solve_auto(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
-    """The faster exact solver for the group shape: ``expert_ssp`` for large groups with ``E << T``, else
-    OR-tools."""
+    """The faster exact solver for the group shape and ``k``: ``expert_ssp`` for large groups with ``E << T`` and
+    ``k <= 2``, else OR-tools."""
     _, t, e = scores.shape
-    large = t * e >= AUTO_MIN_PAIRS and t >= AUTO_MIN_TOKENS_PER_EXPERT * e
+    large = t * e >= AUTO_MIN_PAIRS and t >= AUTO_MIN_TOKENS_PER_EXPERT * e and e <= AUTO_MAX_EXPERTS and k <= AUTO_MAX_K
     return SOLVERS.get("expert_ssp" if large else "ortools")(scores, k, capacity, objective)
 
 

@@ -26,9 +26,9 @@ is over-full. Two phases, per group:
    over-full nodes finds the shortest path to a node with room and one unit moves along it (one token per hop);
    a shortest path keeps the pseudo-flow min-cost, and each removes one unit of excess.
 
-Measured (benchmarks/bench_routing.py, 2 threads): about 0.35x (Gaussian) to 0.75x (skewed) of OR-tools'
-time at 16384 x 64, 0.7-1.5x at 4096 x 64, 2-3.5x on 32 groups of 512 x 16 (per-group Python overhead), so
-``auto`` picks by group size.
+Its cost is the price phase plus one shortest path over the ``E + 1`` nodes per unit of excess it leaves, plus
+Python overhead per group: it pays off for large groups with few experts and small ``k``, where OR-tools' network
+of ``T * E`` arcs is the larger problem. ``auto`` picks by the measured crossovers (benchmarks/PERF.md).
 """
 
 from __future__ import annotations
@@ -315,13 +315,11 @@ def solve_expert_ssp(
     costs = np.zeros((g, t, e + 1), dtype=np.int64)
     costs[..., :e] = integer_costs(scores)
     out = np.zeros((g, t, e), dtype=bool)
-    stats = {"steps": 0, "paths": 0}
     for i in range(g):
         group = _Group(costs[i], cap, k)
         budget = STEPS_PER_NODE * (e + 1) if max_steps is None else max_steps
-        stats["steps"] += group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1), min_gain=MIN_GAIN_PER_SHED)
+        group.price_phase(budget, patience=PATIENCE_PER_NODE * (e + 1), min_gain=MIN_GAIN_PER_SHED)
         group.place_filler()
-        stats["paths"] += group.ssp_phase()
+        group.ssp_phase()
         out[i] = group.member[:, :e]
-    solve_expert_ssp.last_stats = stats  # type: ignore[attr-defined]
     return finish(out, scores, "expert_ssp", costs[..., :e])

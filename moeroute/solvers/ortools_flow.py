@@ -11,15 +11,47 @@ from typing import Optional
 import numpy as np
 from ortools.graph.python import min_cost_flow
 
-from moeroute.solvers.flow_network import FlowSolution, Objective, effective_capacity, finish, integer_costs
+from moeroute.solvers.flow_network import (
+    FlowSolution,
+    Objective,
+    effective_capacity,
+    finish,
+    finish_selected,
+    integer_costs,
+)
 
 
 def solve_ortools(scores: np.ndarray, k: int, capacity: Optional[int], objective: Objective = "mcmf") -> FlowSolution:
-    """Exact optimum of every group of ``scores`` ``[G, T, E]``."""
+    """Exact optimum of every group of ``scores`` ``[G, T, E]``: the same arc arrays a direct call of OR-tools builds
+    (no pair selection, no ``[G, T, E]`` index tables beyond what ``add_arcs`` needs) and totals from the ``k T``
+    assigned pairs only, so the wrapper costs little beyond OR-tools itself (benchmarks/PERF.md)."""
     g, t, e = scores.shape
-    token_caps = np.full((g, t), k, dtype=np.int64)
-    expert_caps = np.full((g, e), effective_capacity(capacity, t), dtype=np.int64)
-    return solve_ortools_transport(scores, token_caps, expert_caps, None, objective)
+    costs = integer_costs(scores)
+    n_tok, n_pair = g * t, g * t * e
+    tokens = np.arange(2, 2 + n_tok, dtype=np.int64)
+    experts = np.arange(2 + n_tok, 2 + n_tok + g * e, dtype=np.int64)
+    tails = np.concatenate([np.zeros(n_tok, np.int64), np.repeat(tokens, e), experts])
+    heads = np.concatenate(
+        [tokens, np.broadcast_to(experts.reshape(g, 1, e), (g, t, e)).reshape(-1), np.ones(g * e, np.int64)]
+    )
+    caps = np.concatenate(
+        [np.full(n_tok, k, np.int64), np.ones(n_pair, np.int64), np.full(g * e, effective_capacity(capacity, t), np.int64)]
+    )
+    arc_costs = np.concatenate([np.zeros(n_tok, np.int64), costs.reshape(-1), np.zeros(g * e, np.int64)])
+    solver = min_cost_flow.SimpleMinCostFlow()
+    solver.add_arcs_with_capacity_and_unit_cost(tails, heads, caps, arc_costs)
+    total = k * n_tok
+    solver.set_node_supply(0, total)
+    solver.set_node_supply(1, -total)
+    if objective == "maxweight":
+        solver.add_arc_with_capacity_and_unit_cost(0, 1, total, 0)
+        status = solver.solve()
+    else:
+        status = solver.solve_max_flow_with_min_cost()
+    if status != solver.OPTIMAL:
+        raise RuntimeError(f"OR-tools min-cost flow returned status {status}")
+    cells = np.flatnonzero(solver.flows(np.arange(n_tok, n_tok + n_pair)))
+    return finish_selected(cells, (g, t, e), scores, costs, "ortools")
 
 
 def solve_ortools_transport(

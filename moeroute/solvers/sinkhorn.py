@@ -1,7 +1,7 @@
 """Entropic optimal transport by Sinkhorn iterations, batched over groups, on any device.
 
-The inner loop scales in the exp domain (two batched matrix-vector products per iteration, ~8x cheaper than
-log-sum-exp on CPU, reference note §4) and is stabilised in the log domain (Schmitzer 2019, "absorption"): the
+The inner loop scales in the exp domain (two batched matrix-vector products per iteration, far cheaper than
+log-sum-exp on CPU; benchmarks/PERF.md) and is stabilised in the log domain (Schmitzer 2019, "absorption"): the
 scalings are folded into log potentials whenever the convergence is checked, so the kernel never overflows, and
 the first half-steps are taken in the log domain so it starts on the right scale.
 """
@@ -48,8 +48,8 @@ def _minus(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _ratio(marginal: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     """``marginal / mass``, 0 where the mass is 0 (a zero marginal, or a row with no kernel left).
 
-    One division and one ``nan_to_num`` (0/0 and m/0 -> 0): measured 9 us against 60-85 us for a ``where`` with a
-    clamped denominator at 32 x 513 and 16385, 1 thread. In the loop the mass is 0 or far above the smallest normal
+    One division and one ``nan_to_num`` (0/0 and m/0 -> 0): several times cheaper than a ``where`` with a clamped
+    denominator (benchmarks/PERF.md). In the loop the mass is 0 or far above the smallest normal
     float (kernel entries >= exp(_CUTOFF), scalings within exp(+-_ABSORB_AT)), so nothing else overflows."""
     return torch.nan_to_num(marginal / mass, nan=0.0, posinf=0.0)
 
@@ -79,13 +79,13 @@ def sinkhorn_log(
     scale = float(row_marginals.max()) if row_marginals.numel() else 1.0
     # First iteration in the log domain: potentials f [G, T], g [G, E] put every row and column on its scale.
     f = _minus(log_r, _logsumexp(log_kernel, dim=2))
-    # Column step on the transposed copy: reductions along the contiguous dim are ~2x faster on CPU.
+    # Column step on the transposed copy: reductions along the contiguous dim are faster on CPU.
     row_scaled_t = _plus_potentials(log_kernel, f, None).transpose(1, 2).contiguous()
     g = _minus(log_c, _logsumexp(row_scaled_t, dim=2))
     # The kernel from log_kernel + f (with f's non-finite entries as -inf, as _scaled_kernel does) plus g: one pass.
     kernel_t = _cut_exp_(row_scaled_t.add_(torch.where(torch.isfinite(g), g, -float("inf")).unsqueeze(2)))
     kernel = kernel_t.transpose(1, 2).contiguous()
-    # Both products as row-vector x matrix: on CPU, [1, E] x [E, T] is ~8x faster than [T, E] x [E, 1].
+    # Both products as row-vector x matrix: on CPU, [1, E] x [E, T] is much faster than [T, E] x [E, 1].
     u = torch.ones_like(row_marginals)
     v = torch.ones_like(col_marginals)
     error = _check(kernel_t, u, v, row_marginals)[0] if max_iters <= 1 or check_every == 1 else float("inf")
@@ -118,8 +118,8 @@ def _scaled_kernel(log_kernel: torch.Tensor, f: torch.Tensor, g: torch.Tensor) -
 def _cut_exp_(arg: torch.Tensor, cutoff: float = _CUTOFF) -> torch.Tensor:
     """``exp(max(arg, cutoff)) - exp(cutoff)`` in place: ``exp(arg)`` less a constant far below float32 resolution
     of any entry that matters (``exp(-50)`` = 2e-22), exactly 0 where ``arg <= cutoff`` (``-inf`` included), and
-    never a denormal float, whose ``exp`` runs ~10x slower on CPU. Three passes, no mask: measured 0.54 ms against
-    1.5 ms for a compare + ``masked_fill_`` at 32 x 513 x 17, 1 thread."""
+    never a denormal float, whose ``exp`` is far slower on CPU. Three passes and no mask: cheaper than a compare and
+    a ``masked_fill_`` (benchmarks/PERF.md)."""
     return arg.clamp_(min=cutoff).exp_().sub_(math.exp(cutoff))
 
 
@@ -223,8 +223,9 @@ def sinkhorn_capped_log(
     """Sinkhorn with a cap of 1 on the cells where ``capped`` ``[G, T, E]`` is true: alternate KL projections of
     ``P = min(exp(log_kernel + f + g), 1)`` onto the row and the column marginals, each solved exactly per row or
     column by a sort (:func:`_capped_potential`). Capping the columns too matters: with plain column updates the
-    iteration stalled far from feasible (50 iterations, 3% worse routing at k=3). This is the plan a token with ``d > 1`` open slots needs: without
-    the cap it can put all ``d`` units on one expert (the ``k - 1 >= 2`` trap of the reference note, §2).
+    iteration stalled far from feasible (50 iterations, 3% worse routing at k=3). This is the plan a token with
+    ``d > 1`` open slots needs: without the cap it can put all ``d`` units on one expert, so its later choices are
+    noise (the ``k - 1 >= 2`` trap, docs/dual.md and the MaxScore notes in docs/).
     Without Dykstra's corrections the limit is a feasible capped plan, not necessarily the entropic optimum.
     Returns the log of the plan, clipped at 0 on capped cells; ``error``: the max row error of that clipped plan."""
     f = torch.zeros_like(row_marginals)
