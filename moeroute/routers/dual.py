@@ -1,10 +1,12 @@
 """``dual``: near-exact routing by expert prices, the duals of the transportation LP that ``exact`` solves.
 
-An ascending auction on the ``E`` prices (moeroute/solvers/prices.py) leaves every token holding its ``k`` best
-experts by ``score - price``; the few units still on an over-full expert when the iteration budget ends are
-placed by capacity (largest margin first), rerouting by reduced value, and augmenting paths, so no slot is dropped
-that capacity allows. ``meta['gap_bound']`` certifies the result: the relative gap to the MCMF optimum is at most
-that much (weak LP duality). Guarantee, cost model and options: docs/dual.md.
+An ascending auction on the ``E`` prices leaves every token holding (within a small step) its ``k`` best experts by
+``score - price``; the few units still on an over-full expert when the budget ends are placed by capacity (largest
+margin first), then on their best expert with room, then by augmenting paths, so no slot is dropped that capacity
+allows. On CPU the auction is a compiled Gauss-Seidel loop (moeroute/solvers/auction.py); on an accelerator a
+Jacobi loop in torch with a fixed iteration count and no host synchronisation inside (moeroute/solvers/prices.py).
+``meta['gap_bound']`` certifies the result: the relative gap to the MCMF optimum is at most that much (weak LP
+duality). Guarantee, cost model and options: docs/dual.md.
 """
 
 from __future__ import annotations
@@ -20,20 +22,28 @@ from moeroute.core.routing import EMPTY, Slots
 from moeroute.routers._prices import place_units
 from moeroute.routers._repair import augment_open_slots
 from moeroute.routers.registry import AllReduce, register_router
+from moeroute.solvers.auction import POOL_SHRINK, AuctionConfig, auction_route
 from moeroute.solvers.flow_network import max_flow_value
 from moeroute.solvers.prices import PriceConfig, dual_bound, solve_prices
+from moeroute.solvers.sync import use_numpy
 
 
 @dataclass(frozen=True)
 class DualOptions:
-    """``iters``: cap on the price updates (the auction stops earlier once no expert is over-full). ``width``:
-    candidate experts per token (0 = ``2k + 8``, at most ``E``). ``eps`` / ``eps_end``: the extra price step, as a
-    fraction of the group's mean top-1 score, shrinking geometrically over the iterations. ``check_every``: price
-    updates between two convergence tests on an accelerator (each is a host synchronisation). ``carry``: start from
-    ``x.state['prices']`` when the caller hands prices in (as training does, step to step), lowered by ``slack``
-    times the group's largest score so that the ascending auction starts below them. ``repair``: augmenting paths
-    for the slots rerouting could not fill."""
+    """CPU (compiled Gauss-Seidel auction): ``sweeps``: cap on the sweeps over the experts (the auction stops
+    earlier once no expert is over-full); ``step``: the extra price step, as a fraction of the mean score a unit
+    holds at the start; ``pool``: start from prices solved on a pooled subsample of the groups (tight capacity
+    only). Accelerator (Jacobi auction in torch): ``iters``: cap on the price updates; ``width``: candidate experts
+    per token (0 = ``2k + 8``, at most ``E``); ``eps`` / ``eps_end``: the extra price step, as a fraction of the
+    group's mean top-1 score, shrinking geometrically over the iterations; ``check_every``: price updates between
+    two convergence tests (each is a host synchronisation). Both: ``carry``: start from ``x.state['prices']`` when
+    the caller hands prices in (as training does, step to step), lowered by ``slack`` times the group's largest
+    score so that the ascending auction starts below them; ``repair``: augmenting paths for the slots the auction
+    and rerouting could not fill."""
 
+    sweeps: int = 30
+    step: float = 0.02
+    pool: bool = True
     iters: int = 16
     width: int = 0
     eps: float = 0.1
@@ -44,6 +54,10 @@ class DualOptions:
     repair: bool = True
 
     def validate(self) -> None:
+        if self.sweeps < 0:
+            raise MoeRouteError(f"sweeps must be >= 0, got {self.sweeps}")
+        if not self.step >= 0:
+            raise MoeRouteError(f"step must be >= 0, got {self.step}")
         if self.iters < 0:
             raise MoeRouteError(f"iters must be >= 0, got {self.iters}")
         if self.width < 0:
@@ -57,6 +71,9 @@ class DualOptions:
 
     def config(self) -> PriceConfig:
         return PriceConfig(self.iters, self.width, self.eps, self.eps_end, self.check_every)
+
+    def auction(self) -> AuctionConfig:
+        return AuctionConfig(self.step, self.sweeps, self.pool)
 
 
 def start_prices(x: RouterInput, opts: DualOptions) -> Optional[torch.Tensor]:
@@ -85,8 +102,56 @@ def rank_by_score(scores: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     return torch.gather(experts, 2, order)
 
 
+def route_compiled(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The dual router on CPU (the compiled auction, moeroute/solvers/auction.py): slots ``[G, T, k]``, meta and the
+    final prices ``[G, E + 1]``."""
+    scores = x.scores.detach()
+    g, t, e = scores.shape
+    k = x.k
+    cap = min(int(x.capacity), t)
+    demand = torch.full((g, t), k, dtype=torch.long)
+    capacity = torch.full((g, e), cap, dtype=torch.long)
+    start = start_prices(x, opts)
+    if start is not None:
+        # A price above a group's own optimum makes every other price creep up in a Gauss-Seidel auction, while one
+        # below is caught up in a step: start a little lower still (measured, benchmarks/PERF.md).
+        start = start * POOL_SHRINK
+    result = auction_route(scores, demand, capacity, k, opts.auction(), prices0=start)
+    experts = result.experts
+    repaired = 0
+    if opts.repair and int(result.open.sum()) > 0:
+        fill = torch.ones_like(experts, dtype=torch.bool)
+        experts, repaired = augment_open_slots(scores, experts, cap, fill, fill & (experts >= 0))
+        experts = rank_by_score(scores, experts)
+    # The kernel's bound has the drop node worth ``drop`` per unit; every routing of maximum flow drops the same
+    # number of units (k T - flow), so the optimum is at most the bound minus ``drop`` per such unit.
+    forced = k * t - max_flow_value(t, e, k, cap)
+    bound = float((result.dual - result.drop * forced).sum())
+    objective = float(torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum())
+    placed_after = int(result.placed_after.sum()) - int(result.open.sum())
+    meta = {
+        "iterations": int(result.sweeps.max()) if g else 0,
+        "converged": bool(result.converged.all()),
+        "sheds": int(result.sheds.sum()),
+        "pooled_levels": result.pooled_levels,
+        "placed_by_prices": int((experts >= 0).sum()) - placed_after - repaired,
+        "rerouted": placed_after,
+        "repaired_slots": repaired,
+        "gap_bound": (bound - objective) / objective if objective > 0 else float("nan"),
+    }
+    return experts, meta, result.prices
+
+
 def route_by_prices(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, dict, torch.Tensor]:
-    """The dual router's slots ``[G, T, k]``, its meta and the final prices ``[G, E + 1]``."""
+    """The dual router's slots ``[G, T, k]``, its meta and the final prices ``[G, E + 1]``: the compiled auction on
+    CPU, the torch auction elsewhere (no host synchronisation inside its loop)."""
+    if use_numpy(x.scores.device):
+        return route_compiled(x, opts)
+    return route_by_prices_torch(x, opts)
+
+
+def route_by_prices_torch(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, dict, torch.Tensor]:
+    """The dual router by the Jacobi auction in torch (any device): slots ``[G, T, k]``, meta, prices."""
     scores = x.scores.detach()
     g, t, e = scores.shape
     k = x.k
@@ -143,4 +208,7 @@ def dual(x: RouterInput, opts: DualOptions) -> Slots:
     return Slots(experts, meta=meta, state={"prices": prices[:, : x.experts].mean(dim=0)})
 
 
-__all__ = ["DualOptions", "dual", "dual_step_update", "rank_by_score", "route_by_prices", "start_prices"]
+__all__ = [
+    "DualOptions", "dual", "dual_step_update", "rank_by_score", "route_by_prices", "route_by_prices_torch",
+    "route_compiled", "start_prices",
+]

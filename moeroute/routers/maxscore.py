@@ -7,10 +7,12 @@ going to stage 2 with all ``k`` slots open.
 
 Stage 2 (``stage2=``) solves the residual problem: ``sinkhorn`` (entropic OT on the residual, cells capped at 1 when
 a token has several open slots, then a capacity-respecting rounding), ``dual`` (expert prices on the residual, the
-auction of the ``dual`` router; docs/dual.md), ``exact`` (min-cost max-flow on the residual, OR-tools; what the
-released code computes with Kuhn-Munkres at k=2), ``iterative`` (rerouting rounds). ``auto`` (the default) takes
-``sinkhorn`` when each token has one slot left (k <= 2) and ``dual`` otherwise. Every variant ends with augmenting
-paths (``repair=true``) so no slot is left empty that the residual network could fill.
+auction of the ``dual`` router, near-exact; docs/dual.md), ``exact`` (min-cost max-flow on the residual, OR-tools;
+what the released code computes with Kuhn-Munkres at k=2), ``iterative`` (rerouting rounds). ``auto`` (the default)
+takes ``dual`` on CPU, where the auction is compiled (moeroute/solvers/auction.py) and both faster and nearer the
+exact residual than Sinkhorn; on an accelerator ``sinkhorn`` when each token has one slot left (k <= 2) and
+``dual`` otherwise. Every variant ends with augmenting paths (``repair=true``) so no slot is left empty that the
+residual network could fill. On CPU the greedy stage 1 runs as the token loop of its definition, compiled.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from moeroute.routers._reroute import reroute_rounds
 from moeroute.routers._topk import ScoreOptions
 from moeroute.routers.registry import register_router
 from moeroute.solvers import solve_residual
+from moeroute.solvers.auction import AuctionConfig, auction_route, greedy_first
 from moeroute.solvers.prices import PriceConfig, solve_prices
 from moeroute.solvers.sinkhorn import sinkhorn_capped_log, sinkhorn_log
-from moeroute.solvers.sync import check_doubling, on_accelerator
+from moeroute.solvers.sync import check_doubling, on_accelerator, use_numpy
 
 _NEG = -float("inf")
 
@@ -45,10 +48,12 @@ class MaxScoreOptions(ScoreOptions):
     dominates what is left of the gap. ``plan`` (only matters when a token has two or more open slots: k >= 3, or
     stage-1 overflow): ``joint`` solves one plan for all open slots with every cell capped at 1
     (:func:`sinkhorn_capped_log`); ``rounds`` fills one slot per token per round with the plain, faster Sinkhorn,
-    which is about ten times further from the exact residual at k >= 3. Price knobs (``stage2=dual``):
-    ``price_iters`` (the auction's update cap) and ``price_eps`` (its first extra step, as a fraction of the mean
-    top-1 score; the last is 100 times smaller). ``repair``: finish with augmenting paths so every feasible slot
-    fills. The measurements behind the defaults are in benchmarks/PERF.md."""
+    which is about ten times further from the exact residual at k >= 3. Price knobs (``stage2=dual``): on CPU
+    ``price_sweeps`` (the compiled auction's sweep cap) and ``price_step`` (its extra step, a fraction of the mean
+    score a unit holds at the start); on an accelerator ``price_iters`` (the auction's update cap) and
+    ``price_eps`` (its first extra step, as a fraction of the mean top-1 score; the last is 100 times smaller).
+    ``repair``: finish with augmenting paths so every feasible slot fills. The measurements behind the defaults
+    are in benchmarks/PERF.md."""
 
     stage1: Literal["greedy", "argmax"] = "greedy"
     stage2: Literal["auto", "dual", "sinkhorn", "exact", "iterative"] = "auto"
@@ -59,8 +64,14 @@ class MaxScoreOptions(ScoreOptions):
     plan: Literal["joint", "rounds"] = "joint"
     price_iters: int = 12
     price_eps: float = 0.1
+    price_sweeps: int = 30
+    price_step: float = 0.02
 
     def validate(self) -> None:
+        if self.price_sweeps < 0:
+            raise MoeRouteError(f"price_sweeps must be >= 0, got {self.price_sweeps}")
+        if not self.price_step >= 0:
+            raise MoeRouteError(f"price_step must be >= 0, got {self.price_step}")
         if self.iters < 1:
             raise MoeRouteError(f"iters must be >= 1, got {self.iters}")
         if self.price_iters < 0:
@@ -241,6 +252,21 @@ def stage2_sinkhorn(
     return experts, total_iters
 
 
+def stage2_dual_compiled(
+    scores: torch.Tensor, experts: torch.Tensor, capacity: int, config: AuctionConfig
+) -> tuple[torch.Tensor, int]:
+    """:func:`stage2_dual` on CPU by the compiled auction (moeroute/solvers/auction.py): the j-th empty slot of a
+    token takes its j-th new expert by score. Returns the slots and the auction's sweeps."""
+    e = scores.shape[2]
+    empty = experts < 0
+    demand = empty.sum(dim=2)
+    room = (capacity - expert_load(experts, e)).clamp(min=0)
+    result = auction_route(scores, demand, room, experts.shape[2], config, fixed=experts)
+    which = (torch.cumsum(empty.long(), dim=2) - 1).clamp(min=0)
+    filled = torch.where(empty, torch.gather(result.experts, 2, which), experts)
+    return filled, int(result.sweeps.max()) if experts.shape[0] else 0
+
+
 def stage2_dual(
     scores: torch.Tensor, experts: torch.Tensor, capacity: int, config: PriceConfig
 ) -> tuple[torch.Tensor, int]:
@@ -297,7 +323,10 @@ def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Slots:
     k = x.k
     capacity = x.capacity if x.capacity is not None else t
     meta: dict = {"stage1": opts.stage1, "stage2": opts.stage2}
-    if opts.stage1 == "greedy":
+    compiled = use_numpy(scores.device)
+    if opts.stage1 == "greedy" and compiled:
+        first, meta["stage1_diverted"] = greedy_first(scores, capacity)
+    elif opts.stage1 == "greedy":
         top1 = _open_argmax(scores)
         first, meta["stage1_rounds"] = greedy_top1(scores, capacity, top1)
         meta["stage1_diverted"] = int((first != top1).sum())
@@ -308,11 +337,16 @@ def maxscore(x: RouterInput, opts: MaxScoreOptions) -> Slots:
     fill = experts < 0
     stage2 = opts.stage2
     if stage2 == "auto":
-        # One open slot per token (k <= 2): the plain Sinkhorn plan is cheap and near the residual optimum. Several
-        # (k >= 3): a capped joint plan needs a top-k per row and column every iteration; prices need none.
-        stage2 = "sinkhorn" if k <= 2 else "dual"
+        # CPU: the compiled auction is near the exact residual optimum and cheaper than a Sinkhorn plan. Elsewhere,
+        # one open slot per token (k <= 2): the plain Sinkhorn plan is cheap and near the residual optimum; several
+        # (k >= 3): a capped joint plan needs a top-k per row and column every iteration, prices need none.
+        stage2 = "dual" if compiled or k > 2 else "sinkhorn"
     meta["stage2"] = stage2
-    if stage2 == "dual":
+    if stage2 == "dual" and compiled:
+        experts, meta["price_iters"] = stage2_dual_compiled(
+            scores, experts, capacity, AuctionConfig(opts.price_step, opts.price_sweeps)
+        )
+    elif stage2 == "dual":
         experts, meta["price_iters"] = stage2_dual(
             scores, experts, capacity, PriceConfig(opts.price_iters, 0, opts.price_eps, opts.price_eps / 100)
         )
