@@ -127,7 +127,10 @@ def route_compiled(x: RouterInput, opts: DualOptions) -> tuple[torch.Tensor, dic
     # number of units (k T - flow), so the optimum is at most the bound minus ``drop`` per such unit.
     forced = k * t - max_flow_value(t, e, k, cap)
     bound = float((result.dual - result.drop * forced).sum())
-    objective = float(torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum())
+    if repaired:
+        objective = float(torch.where(experts >= 0, torch.gather(scores, 2, experts.clamp(min=0)), 0.0).double().sum())
+    else:
+        objective = float(result.objective.sum())
     placed_after = int(result.placed_after.sum()) - int(result.open.sum())
     meta = {
         "iterations": int(result.sweeps.max()) if g else 0,

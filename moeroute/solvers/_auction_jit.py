@@ -435,6 +435,10 @@ def _settle(capn, demand, v, st, p, drop_red, cache, alt_node, hold, drop_tok, w
             if r > best:
                 best = r
                 best_e = e
+        if best_e < 0:
+            # No expert with room is free for t: try a chain of one move (t takes a full expert f whose holder u
+            # moves on to an expert with room), the best by total value; longer chains are the caller's repair.
+            best_e = _swap_in(t, capn, v, st, p, cache, hold, room)
         if best_e >= 0:
             st[t, best_e] = HELD
             _forget(cache[t], best_e)
@@ -442,6 +446,44 @@ def _settle(capn, demand, v, st, p, drop_red, cache, alt_node, hold, drop_tok, w
             room[best_e] = FREE if load[best_e] < capn[best_e] else HELD
         else:
             stats[S_OPEN] += 1
+
+
+@njit(cache=True)
+def _swap_in(t, capn, v, st, p, cache, hold, room):
+    """Free a place for token ``t`` by one move: over the full experts ``f`` it may take, their holders ``u`` and
+    the experts ``r`` with room that ``u`` may take, the move ``u: f -> r`` of largest ``v[t, f] + v[u, r] -
+    v[u, f]``. Applies it and returns ``f`` (which ``t`` then takes), or ``-1`` if there is none."""
+    e_count = v.shape[1]
+    hold_tok, hold_val, hold_key, load = hold
+    best = NEG
+    best_f = -1
+    best_i = -1
+    best_r = -1
+    for f in range(e_count):
+        if st[t, f] != FREE or room[f] == FREE:
+            continue
+        for i in range(load[f]):
+            u = hold_tok[f, i]
+            for r in range(e_count):
+                if room[r] == FREE and st[u, r] == FREE:
+                    gain = np.int64(v[t, f]) + np.int64(v[u, r]) - np.int64(hold_val[f, i])
+                    if gain > best:
+                        best, best_f, best_i, best_r = gain, f, i, r
+    if best_f < 0:
+        return -1
+    u = hold_tok[best_f, best_i]
+    last = load[best_f] - 1
+    hold_tok[best_f, best_i] = hold_tok[best_f, last]
+    hold_val[best_f, best_i] = hold_val[best_f, last]
+    hold_key[best_f, best_i] = hold_key[best_f, last]
+    load[best_f] = last
+    st[u, best_f] = FREE
+    st[u, best_r] = HELD
+    _forget(cache[u], best_r)
+    _offer(cache[u], best_f, v[u, best_f], p)
+    _push(best_r, u, v[u, best_r], p[best_r], hold_tok, hold_val, hold_key, load)
+    room[best_r] = FREE if load[best_r] < capn[best_r] else HELD
+    return best_f
 
 
 @njit(cache=True)
