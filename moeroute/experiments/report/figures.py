@@ -216,8 +216,8 @@ def size_figure(sweeps: list[Sweep], style: RouterStyle, out: Path, limit: int =
     plt = pyplot()
     fig, axes = plt.subplots(1, len(sweeps), figsize=(7.0 * len(sweeps), 4.6), squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
-        for router, curve in curves(sweep.rows.dropna(subset=["latency_ms"]), "router", sweep.axis,
-                                    "latency_ms").items():
+        for router, curve in curves(sweep.rows.dropna(subset=["latency_ms"]), "router", sweep.axis, "latency_ms",
+                                    "median").items():
             st = style(router)
             ax.plot(curve.index, curve.values, color=st["color"], marker=st["marker"], ms=4, lw=1.4, label=router)
         ax.set_xscale("log", base=2)
@@ -229,6 +229,6 @@ def size_figure(sweeps: list[Sweep], style: RouterStyle, out: Path, limit: int =
         ax.set_ylabel("latency ms (log)")
         ax.set_title(f"{sweep.rows['workload_label'].iloc[0]}: {fixed_label(sweep.fixed)}")
         ax.legend(loc="upper left", fontsize=7, ncol=2, framealpha=0.9)
-    fig.suptitle("Latency vs size (median of timed calls; one torch thread)", fontsize=11)
+    fig.suptitle("Latency vs size (median of timed calls, median over seeds; one torch thread)", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, "latency_vs_size.png")

@@ -222,13 +222,14 @@ def cold_state_reading(table: pd.DataFrame, groups: int, baseline: Optional[str]
 
 def noise_clause(rows: pd.DataFrame, baseline: Optional[str]) -> str:
     """How much the baseline's own latency varied across the points of a setting (same shapes: the machine's noise
-    in this run), as a clause: ``, itself 0.51–1.02 ms over 30 points``."""
+    in this run), as a clause: ``, itself 0.80 ms (0.51–1.02) over 30 points of the same shape``."""
     if baseline is None:
         return ""
     lat = rows.loc[rows["router"] == baseline, "latency_ms"].dropna()
     if len(lat) < 2:
         return ""
-    return f", itself {lat.min():.2f}–{lat.max():.2f} ms over {len(lat)} points of the same shape"
+    return (f", itself a median {lat.median():.2f} ms ({lat.min():.2f}–{lat.max():.2f}) over {len(lat)} points of "
+            "the same shape; the median ratio is shown")
 
 
 def load_ratio_reading(curves: dict[str, dict[str, np.ndarray]], paper: dict[str, float]) -> list[str]:
@@ -246,10 +247,10 @@ def load_ratio_reading(curves: dict[str, dict[str, np.ndarray]], paper: dict[str
     return lines
 
 
-def curves(rows: pd.DataFrame, line: str, axis: str, value: str) -> dict[str, pd.Series]:
-    """Per line, the mean of ``value`` over rows (seeds) at each ``axis`` value, lines in order of first
-    appearance."""
-    return {str(k): g.groupby(axis)[value].mean() for k, g in rows.groupby(line, sort=False)}
+def curves(rows: pd.DataFrame, line: str, axis: str, value: str, how: str = "mean") -> dict[str, pd.Series]:
+    """Per line, the ``how`` (mean, median) of ``value`` over rows (seeds) at each ``axis`` value, lines in order
+    of first appearance."""
+    return {str(k): g.groupby(axis)[value].agg(how) for k, g in rows.groupby(line, sort=False)}
 
 
 def same_curves(by_line: dict[str, pd.Series], tol: float) -> list[list[str]]:
@@ -311,32 +312,42 @@ def option_reading(rows: pd.DataFrame, line: str, axis: str, option: str) -> lis
 
 
 def size_reading(rows: pd.DataFrame, axis: str = "tokens") -> list[str]:
-    """Two sentences over the routers of a size sweep (``axis``: tokens, experts or groups): those with at least
-    :data:`MIN_FIT` points above :data:`FLOOR` times their smallest latency (their overhead floor), with the log-log
-    slope fitted to those points; and those with too few such points, for which no exponent is fitted. Each router
-    with its latency at the smallest and largest size."""
+    """Two sentences over the routers of a size sweep (``axis``: tokens, experts or groups; latency: the median over
+    seeds): those whose points at the large end all stay at :data:`FLOOR` times their smallest latency or more (past
+    the call overhead), at least :data:`MIN_FIT` of them, with the log-log slope fitted to those points; and those
+    with fewer, for which no exponent is fitted. Each router with its latency at the smallest and largest size."""
     sym = {"tokens": "T", "experts": "E", "groups": "G"}[axis]
     fitted, unfitted = [], []
-    for router, curve in curves(rows.dropna(subset=["latency_ms"]), "router", axis, "latency_ms").items():
+    for router, curve in curves(rows.dropna(subset=["latency_ms"]), "router", axis, "latency_ms", "median").items():
         if len(curve) < 2:
             continue
         ends = f"{curve.iloc[0]:.3g} → {curve.iloc[-1]:.3g} ms"
-        above = curve[curve >= FLOOR * curve.min()]
-        if len(above) >= MIN_FIT:
-            slope = np.polyfit(np.log(above.index.values.astype(float)), np.log(above.values), 1)[0]
-            fitted.append(f"`{router}` {sym}^{slope:.2f} ({ends}; fitted on {sym} = {above.index[0]:g}–"
-                          f"{above.index[-1]:g})")
+        tail = overhead_tail(curve)
+        if len(tail) >= MIN_FIT:
+            slope = np.polyfit(np.log(tail.index.values.astype(float)), np.log(tail.values), 1)[0]
+            fitted.append(f"`{router}` {sym}^{slope:.2f} ({ends}; fitted on {sym} = {tail.index[0]:g}–"
+                          f"{tail.index[-1]:g})")
         else:
-            unfitted.append(f"`{router}` ({ends}, {len(above)} point(s) above)")
+            unfitted.append(f"`{router}` ({ends}; {len(tail)} such point(s))")
     if not fitted and not unfitted:
         return []
     sizes = sorted(rows[axis].dropna().unique())
     lines = []
     if fitted:
-        lines.append(f"Growth fitted where a router has at least {MIN_FIT} points above {FLOOR:g}× its smallest "
-                     f"latency (below that, call overhead dominates): " + ", ".join(fitted) + ".")
+        lines.append(f"Growth fitted on the largest sizes whose latencies all stay at {FLOOR:g}× the router's smallest "
+                     f"or more, where there are at least {MIN_FIT} (below that, call overhead dominates): "
+                     + ", ".join(fitted) + ".")
     if unfitted:
-        lines.append(f"Too few points above {FLOOR:g}× its smallest latency to fit an exponent: "
-                     + ", ".join(unfitted) + ".")
+        lines.append(f"Fewer than {MIN_FIT} such points, so no exponent: " + ", ".join(unfitted) + ".")
     lines[0] = f"From {sym} = {sizes[0]:g} to {sizes[-1]:g}. {lines[0]}"
     return lines
+
+
+def overhead_tail(curve: pd.Series) -> pd.Series:
+    """The points at the large end of a latency curve that all stay at :data:`FLOOR` times its smallest latency or
+    more: past the call overhead. A slow call at a small size (noise) is not part of it."""
+    floor = FLOOR * curve.min()
+    start = len(curve)
+    while start > 0 and curve.iloc[start - 1] >= floor:
+        start -= 1
+    return curve.iloc[start:]

@@ -30,8 +30,8 @@ def per_workload(rows: pd.DataFrame) -> pd.DataFrame:
 def router_table(setting: Setting) -> pd.DataFrame:
     """One row per router spec (order of first appearance): ``MEANS`` averaged over the workloads it ran on;
     ``gap_worst`` and its ``worst_workload``; ``over`` (its kept load exceeded capacity somewhere); ``score``;
-    ``workloads``/``seeds`` counts; ``x_base``, the geometric mean over points of its latency over the baseline's
-    on the same logits (NaN without a baseline)."""
+    ``workloads``/``seeds`` counts; ``x_base``, the median over points of its latency over the baseline's on the
+    same logits (NaN without a baseline)."""
     rows = setting.rows
     per = per_workload(rows)
     table = per.groupby(level="router", sort=False).mean()
@@ -52,14 +52,15 @@ def router_table(setting: Setting) -> pd.DataFrame:
 
 
 def latency_ratio(rows: pd.DataFrame, baseline: Optional[str]) -> pd.Series:
-    """Per router, the geometric mean over (workload, seed) of its latency / the baseline's latency there."""
+    """Per router, the median over (workload, seed) of its latency / the baseline's latency on the same logits: the
+    median, because on a shared machine one slow call of the baseline would otherwise scale a whole point."""
     order = list(dict.fromkeys(rows["router"]))
     if baseline is None:
         return pd.Series(np.nan, index=order)
     base = rows[rows["router"] == baseline].set_index(["workload", "seed"])["latency_ms"]
     joined = rows.join(base.rename("base"), on=["workload", "seed"])
-    logs = np.log(joined["latency_ms"] / joined["base"])
-    return np.exp(logs.groupby(joined["router"], sort=False).mean()).reindex(order)
+    ratio = joined["latency_ms"] / joined["base"]
+    return ratio.groupby(joined["router"], sort=False).median().reindex(order)
 
 
 def workload_gaps(setting: Setting) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
