@@ -75,7 +75,8 @@ def test_report_writes_every_file_and_section(results, tmp_path):
         assert (out / figure).stat().st_size > 5000, figure
         assert f"({figure})" in text
     assert "**Setting: G = 1, T = 64, E = 8, k = 2, cf = 1; 2 workload(s) × 2 seed(s)**" in text
-    assert "### Capacity factor (figure above)" in text and "### Router options (`iters=`)" in text
+    assert "### Capacity factor at G = 2, T = 64, E = 8, k = 2 (figure above)" in text
+    assert "### Router options (`iters=`)" in text
     assert "### Sizes (tokens per group T)" in text
     assert "Pareto front (latency × `gshard`" in text and "Outside the LP" in text
     assert "## Errors" in text and "invariant broken: test" in text

@@ -207,7 +207,7 @@ def cf_details(sweeps: list[Sweep], threshold: float = 0.01) -> list[str]:
                       f"{x['under']:g}" if not pd.isna(x["under"]) else f"never (to {x['top']:g})"]
         rows.append(cells)
     held = list(dict.fromkeys(fixed_label(s.fixed) for s in sweeps))
-    md = ["### Capacity factor (figure above)", "", f"At {'; '.join(held)}:", "", markdown_table(header, rows), ""]
+    md = [f"### Capacity factor at {'; '.join(held)} (figure above)", "", markdown_table(header, rows), ""]
     return md + bullets(reading.floor_reading(list(zip([s.rows['workload_label'].iloc[0] for s in sweeps],
                                                            [s.rows for s in sweeps]))))
 
