@@ -118,7 +118,8 @@ class OutputConfig:
     """Where a run writes: ``results`` (per-step CSV logs and the summary), ``reports`` (figures), ``report``
     (the Markdown summary), ``checkpoints`` (one ``.pt`` per run, beside a copy of its log); ``note``: a paragraph
     for the report (e.g. what scale this profile is); ``title``: the report's heading (empty: chosen from the
-    arms)."""
+    arms); ``baselines``: the arms every other arm is compared with, paired by seed (empty: the GShard + softmax
+    arm, else the first arm); all these comparisons form one family for the multiple-comparison correction."""
 
     results: str = "results/train"
     reports: str = "reports/train"
@@ -126,6 +127,7 @@ class OutputConfig:
     checkpoints: str = "runs/train"
     note: str = ""
     title: str = ""
+    baselines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,9 @@ def parse_config(raw: dict[str, Any], source: str = "config", profile: Optional[
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise MoeRouteError(f"{source}: arm names must be distinct, got {', '.join(names)}")
+    unknown_base = [b for b in parts["output"].baselines if b not in names]
+    if unknown_base:
+        raise MoeRouteError(f"{source}: [output] baselines names no arm {unknown_base[0]!r} (arms: {', '.join(names)})")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise MoeRouteError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
