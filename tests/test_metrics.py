@@ -25,9 +25,33 @@ def test_gshard_golden_metrics():
     assert m.sorted_load_ratios == pytest.approx([2 / 2, 2 / 2, 1 / 2])  # loads e0=2, e1=2, e2=1
     s = x.scores[0]
     assert m.objective == pytest.approx(float(s[0, 0] + s[0, 1] + s[1, 0] + s[1, 2] + s[3, 1]))
-    assert m.rank1_affinity == pytest.approx(float(s[0, 0] + s[1, 0] + s[3, 1]) / 3)
-    assert m.rank2_affinity == pytest.approx(float(s[0, 1] + s[1, 2]) / 2)
+    # Affinity over every token, a dropped slot counting 0 (token 2 lost both, token 3 its second) ...
+    assert m.rank1_affinity == pytest.approx(float(s[0, 0] + s[1, 0] + s[3, 1]) / 4)
+    assert m.rank2_affinity == pytest.approx(float(s[0, 1] + s[1, 2]) / 4)
+    # ... and over the kept slots only.
+    assert m.rank1_affinity_kept == pytest.approx(float(s[0, 0] + s[1, 0] + s[3, 1]) / 3)
+    assert m.rank2_affinity_kept == pytest.approx(float(s[0, 1] + s[1, 2]) / 2)
     assert m.padding_factor == pytest.approx(2 / (2 * 4 / 3))
+
+
+def test_affinity_agrees_with_the_training_log():
+    """The sweep's rank-r affinity and the training log's ``rank{1,2}_affinity_with_drops`` are one definition."""
+    from moeroute.train.moe import MoEStats
+    from moeroute.train.step_stats import layer_values
+
+    logits = torch.randn(2, 32, 8, generator=torch.Generator().manual_seed(0)) * 2
+    for k, router in ((2, "gshard"), (2, "expert_choice"), (1, "gshard")):
+        x = make_input(logits, k, 0.75)
+        r = route(logits, router, k=k, capacity_factor=0.75)
+        m = routing_metrics(x, r)
+        assert m.slot_drop_rate > 0  # drops, so "over all tokens" and "over kept slots" differ
+        values = layer_values(MoEStats(x, x, r))
+        assert m.rank1_affinity == pytest.approx(values["rank1_affinity_with_drops"])
+        assert m.rank1_affinity < m.rank1_affinity_kept
+        if k == 1:
+            assert m.rank2_affinity is None and m.rank2_affinity_kept is None
+        else:
+            assert m.rank2_affinity == pytest.approx(values["rank2_affinity_with_drops"])
 
 
 def test_dropless_padding_factor():

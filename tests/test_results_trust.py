@@ -143,3 +143,10 @@ def test_import_moeroute_is_light():
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_two_spellings_of_one_configuration_in_one_grid_make_one_row(tmp_path):
+    cfg = load_config(config(tmp_path, ["maxscore", "maxscore:eps=0.01", "gshard"], seeds=1))
+    summary = run_sweep(cfg, tmp_path, progress=False)
+    assert summary.rows_written == 2
+    assert sorted(r["router"] for r in read_results(tmp_path / "trust.csv")) == ["gshard", "maxscore"]

@@ -13,7 +13,7 @@ import torch
 
 from moeroute.core.errors import MoeRouteError
 from moeroute.experiments.cli import main
-from moeroute.routers import router_names
+from moeroute.routers import bind_router, router_names
 from moeroute.train.ablation import capture_run
 from moeroute.train.checkpoint import load_checkpoint
 from moeroute.train.config import Arm, load_config, parse_config, run_configs
@@ -210,12 +210,37 @@ def test_shipped_config_parses_with_every_profile():
 def test_production_config_parses_and_its_arms_are_registered():
     prod = load_config(str(PRODUCTION))
     assert prod.model.balance_scope == "global" and prod.model.z_loss_coef > 0
-    assert {"gshard-softmax", "maxscore-softmax", "maxscore-softtopk", "dropless-softmax"} <= {a.name for a in prod.arms}
+    routers = {a.name: bind_router(a.router) for a in prod.arms}
+    assert {name: b.entry.name for name, b in routers.items()} == {
+        "gshard-softmax": "gshard", "maxscore-softmax": "maxscore", "maxscore-softtopk": "maxscore", "qb": "qb",
+        "auxfree-sigmoid": "aux_free", "dual-softmax": "dual", "dropless-softmax": "dropless"}
+    assert prod.output.baselines == ("gshard-softmax", "maxscore-softmax")
     for arm in prod.arms:
         assert arm.router.split(":")[0] in router_names() and arm.weights in weight_ops()
+    # Megatron-style state: every stateful arm leaves its state to the once-per-step update over ranks
+    free, qb = routers["auxfree-sigmoid"].options, routers["qb"].options
+    assert (free.mode, free.score, free.update_every, free.rate) == ("megatron", "sigmoid", 0, 0.001)
+    assert qb.update_every == 0
+    # the losses production trains each with: QB none, aux-free DeepSeek-V3's tiny sequence-wise loss
+    arms = {r.arm.name: r for r in run_configs(prod, seeds=[0])}
+    assert arms["qb"].model.aux_loss_coef == 0
+    assert (arms["auxfree-sigmoid"].model.aux_loss_coef, arms["auxfree-sigmoid"].model.balance_scope) == (1e-4, "group")
+    assert arms["gshard-softmax"].model.aux_loss_coef == 0.01
     for profile in ("hour", "gpu", "quick"):
         cfg = load_config(str(PRODUCTION), profile)
         assert cfg.model.balance_scope == "global" and cfg.data.batch_size % 2 == 0
+    hour = load_config(str(PRODUCTION), "hour")
+    assert len(hour.seeds) >= 3 and len(hour.arms) == 7
+
+
+def test_a_router_that_updates_its_state_inside_a_call_is_refused_for_training():
+    for spec in ("qb", "aux_free:mode=megatron,score=sigmoid", "qb:update_every=2"):
+        with pytest.raises(MoeRouteError, match="add update_every=0") as info:
+            parse_config({"arm": [{"name": "a", "router": spec}]}, "x.toml")
+        assert "\n" not in str(info.value)
+    parse_config({"arm": [{"name": "a", "router": "qb:update_every=0"}, {"name": "b", "router": "dual"}]}, "x.toml")
+    with pytest.raises(MoeRouteError, match="baselines names no arm 'c'"):
+        parse_config({"arm": [{"name": "a"}], "output": {"baselines": ["c"]}}, "x.toml")
 
 
 def test_an_arm_may_set_its_own_router_losses():
@@ -284,6 +309,74 @@ def test_report_panels_and_paired_lines_follow_the_arms_that_ran(quick, corpus, 
     panels = figure_panels(alone, "gshard-softmax")
     assert [k for k, _, _ in panels["drop_load.png"]] == ["second_choice_drop_rate", "mean_load_ratio"]
     assert panels["affinity.png"] == []
+
+
+def test_holm_adjustment_and_paired_t_test():
+    from scipy.stats import ttest_rel
+
+    from moeroute.train.paired import compare, holm
+
+    # sorted 0.005, 0.01, 0.03, 0.04 -> 4 * 0.005, 3 * 0.01, 2 * 0.03, max(0.06, 1 * 0.04): Holm (1979) by hand
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, math.nan]) == [0.5, pytest.approx(math.nan, nan_ok=True)]
+    assert holm([0.9, 0.8]) == [1.0, 1.0]  # capped at 1
+    import pandas as pd
+
+    runs = pd.DataFrame({"arm": ["a"] * 3 + ["b"] * 4, "seed": [0, 1, 2, 0, 1, 2, 3],
+                         "final_val_loss": [2.0, 2.1, 2.3, 2.05, 2.12, 2.31, 9.0]})
+    c = compare(runs, "a", "b")
+    assert c.seeds == (0, 1, 2) and c.diffs == pytest.approx((-0.05, -0.02, -0.01)) and c.lower == 3
+    assert c.p == pytest.approx(ttest_rel([2.0, 2.1, 2.3], [2.05, 2.12, 2.31]).pvalue)
+    lo, hi = c.ci95()
+    assert (lo + hi) / 2 == pytest.approx(c.mean) and hi - lo == pytest.approx(2 * 4.302653 * c.std / math.sqrt(3))
+
+
+def _fake_log(path: Path, final: float, steps: int = 10) -> None:
+    """A run log with LOG_COLUMNS whose validation loss ends at ``final`` (the report reads only logs)."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(LOG_COLUMNS))
+        writer.writeheader()
+        for step in range(1, steps + 1):
+            writer.writerow({"step": step, "tokens": step * 100, "train_loss": final + 1 / step, "aux_loss": 0.01,
+                             "z_loss": 0.001, "val_loss": final + 0.5 / step if step % 5 == 0 else "",
+                             "slot_drop_rate": 0.1, "second_choice_drop_rate": 0.2, "mean_load_ratio": 0.9,
+                             "max_load_ratio": 1.0, "balance_violation": 0.3, "rank1_affinity_with_drops": 0.2,
+                             "rank2_affinity_with_drops": 0.1, "temperature": "", "lr": 0.001, "step_time_s": 0.1})
+
+
+def test_report_compares_every_arm_with_each_baseline_in_one_holm_family(tmp_path):
+    from moeroute.train.report import write_report
+
+    cfg = parse_config({"arm": [{"name": "base"}, {"name": "flow", "router": "maxscore"}, {"name": "worse"},
+                                {"name": "same"}],
+                        "seeds": [0, 1, 2, 3, 4, 5],
+                        "output": {"baselines": ["base", "flow"], "results": str(tmp_path / "r"),
+                                   "reports": str(tmp_path / "f"), "report": str(tmp_path / "R.md")}}, "x.toml")
+    (tmp_path / "r").mkdir()
+    noise = [0.011, -0.007, 0.004, -0.012, 0.008, -0.004]
+    for seed, n in enumerate(noise):
+        _fake_log(tmp_path / "r" / f"base_seed{seed}.csv", 2.5 + n)
+        _fake_log(tmp_path / "r" / f"flow_seed{seed}.csv", 2.5 + n - 0.002 * (seed % 2))  # within noise
+        _fake_log(tmp_path / "r" / f"worse_seed{seed}.csv", 2.6 + n + 0.001 * seed)  # clearly worse
+        _fake_log(tmp_path / "r" / f"same_seed{seed}.csv", 2.5 + n + (0.003 if seed % 2 else -0.003))
+    report = write_report(cfg).read_text()
+    # 3 arms vs base, then vs flow only the 2 pairs not already made: 5 comparisons, one family
+    assert "Holm's step-down correction over all 5 comparisons" in report
+    rows = [line for line in report.splitlines() if line.startswith("| `")]
+    pairs = [line.split("|")[1].strip() for line in rows if " − " in line.split("|")[1]]
+    assert pairs == ["`flow` − `base`", "`worse` − `base`", "`same` − `base`", "`worse` − `flow`", "`same` − `flow`"]
+    worse = [line for line in rows if line.startswith("| `worse` − `base`")][0]
+    assert "**significant**" in worse and "0 of 6" in worse
+    assert "**significant**" not in [line for line in rows if line.startswith("| `same` − `base`")][0]
+    assert "Significant after the correction: `worse` above `base`" in report
+    # read per baseline (a pair made the other way round is mirrored), and the best arm's verdict
+    assert "Against `base`: below it on average: `flow` (-0.0010, lower on 3 of 6 seeds" in report
+    assert "Against `flow`: above it on average: `base` (+0.0010, lower on 0 of 6 seeds" in report
+    assert "The lowest mean, `flow`, is significantly below `worse` after the correction." in report
+    table = csv.DictReader((tmp_path / "r" / "comparisons.csv").open())
+    assert len(list(table)) == 5
+    assert (tmp_path / "f" / "paired.png").stat().st_size > 1000 and "![paired]" in report
+    assert "paper's" not in report  # not the paper's 2x2: no ordering sentences about it
 
 
 # --- CLI and captured logits ------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from moeroute.train.config import Arm, DataConfig, ModelConfig, OptimConfig, Run
 from moeroute.train.data import Corpus, rank_micro_batches
 from moeroute.train.distributed import DistContext, init_distributed, shutdown
 from moeroute.train.loop import train_run
-from moeroute.train.losses import GlobalBalance, group_balance_loss, micro_batch_balance_loss, z_loss
+from moeroute.train.losses import GlobalBalance, balance_terms, group_balance_loss, micro_batch_balance_loss, z_loss
 from moeroute.train.moe import MoELayer
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ablation.toml"
@@ -83,12 +83,20 @@ def tiny_run(arm: Arm, steps: int = 4, **train) -> RunConfig:
 
 GLOBAL = Arm("global-softtopk", "gshard", "softtopk")
 COUNT = Arm("count", "count_test", "softmax")
+# The production routers with state: DeepSeek-V3's bias on sigmoid scores (Megatron's update from loads summed over
+# ranks; a large rate so that 4 steps move it) under the sigmoid balance loss, and QB (beta averaged over ranks,
+# with an EMA) over two micro-batches.
+AUX_FREE = Arm("auxfree", "aux_free:mode=megatron,score=sigmoid,update_every=0,rate=0.05", "softmax")
+QB = Arm("qb", "qb:update_every=0,ema=0.5", "softmax", aux_loss_coef=0.0)
 SCENARIOS = {  # name: (run, steps to stop at (None = all), resume)
     "global_full": (tiny_run(GLOBAL, micro_batches=2), None, False),
     "count_full": (tiny_run(COUNT), None, False),
     "global_half": (tiny_run(GLOBAL, micro_batches=2), 2, False),
     "count_half": (tiny_run(COUNT), 2, False),
+    "auxfree_full": (tiny_run(AUX_FREE), None, False),
+    "qb_full": (tiny_run(QB, micro_batches=2), None, False),
 }
+STATEFUL = {"auxfree_full": "bias", "qb_full": "beta"}  # the state each router carries from step to step
 
 
 def _run(name: str, root: Path, ctx: DistContext | None, corpus: Corpus, resume: bool = False):
@@ -109,7 +117,7 @@ def _worker(rank: int, world: int, port: int, root: str, one_rank_dirs: str) -> 
     try:
         corpus = Corpus.from_config(SCENARIOS["global_full"][0].data)
         out = {}
-        for name in ("global_full", "count_full", "global_half", "count_half"):
+        for name in ("global_full", "count_full", "global_half", "count_half", *STATEFUL):
             out[name] = _run(name, Path(root), ctx, corpus).history
         for name in ("global_half", "count_half"):  # resume what one process saved
             out[name + "_resumed"] = _run(name, Path(one_rank_dirs), ctx, corpus, resume=True).history
@@ -166,6 +174,13 @@ def test_two_ranks_equal_one_at_every_step_and_resume_across_world_sizes(tmp_pat
         assert max_difference(ref[2:], got[name.replace("full", "half") + "_resumed"]) < 1e-5
         resumed = _run(name.replace("full", "half"), two, None, tiny_corpus, resume=True).history
         assert max_difference(ref[2:], resumed) < 1e-5
+    # The production routers' state is reduced over ranks once per step: 2 ranks train as 1, and end with the same
+    # bias / beta (which did move).
+    for name, key in STATEFUL.items():
+        ref = _run(name, one, None, tiny_corpus).history
+        assert max_difference(ref, got[name]) < 1e-5, name
+        states = [_router_state(root / name)[key] for root in (one, two)]
+        assert float(states[0].abs().max()) > 0 and torch.allclose(states[0], states[1], atol=1e-6), name
     assert load_checkpoint(two / "global_half" / "checkpoint.pt")["world_size"] == 1  # re-saved by the 1-rank resume
     assert load_checkpoint(one / "global_half" / "checkpoint.pt")["world_size"] == WORLD  # re-saved by 2 ranks
     assert [(two / f"cli_rank{r}.txt").read_text() for r in range(WORLD)] == ["0", "0"]
@@ -182,6 +197,11 @@ def test_two_ranks_equal_one_at_every_step_and_resume_across_world_sizes(tmp_pat
         kept = sum((1 - r["slot_drop_rate"]) * tokens for r in got["count_full"])
         assert float(total.sum()) == pytest.approx(kept, rel=1e-6)
         assert float(state["router_state"]["pending"].abs().sum()) == 0.0
+
+
+def _router_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The router state of the first MoE layer in the checkpoint of ``run_dir``."""
+    return load_checkpoint(run_dir / "checkpoint.pt")["model"]["blocks.0.moe._extra_state"]["router_state"]
 
 
 # --- the pieces -------------------------------------------------------------------------------------------------
@@ -212,22 +232,52 @@ def test_balance_losses_and_z_loss_match_their_formulas():
     logits = torch.randn(3, 10, 4, generator=gen)
     scores = logits.softmax(-1)
     first = torch.nn.functional.one_hot(scores.argmax(-1), 4).float()
+    p, f = balance_terms(logits, scores, "softmax", 2)
+    assert torch.equal(p, scores) and torch.equal(f, first)  # GShard: softmax scores, first choices
     per_group = [4 * (scores[g].mean(0) * first[g].mean(0)).sum() for g in range(3)]
-    assert float(group_balance_loss(scores, 0.5)) == pytest.approx(0.5 * float(sum(per_group)) / 3, rel=1e-6)
+    assert float(group_balance_loss(p, f, 0.5)) == pytest.approx(0.5 * float(sum(per_group)) / 3, rel=1e-6)
     flat_s, flat_f = scores.reshape(-1, 4), first.reshape(-1, 4)
     micro = 4 * (flat_s.mean(0) * flat_f.mean(0)).sum()
-    assert float(micro_batch_balance_loss(scores, 0.5)) == pytest.approx(0.5 * float(micro), rel=1e-6)
+    assert float(micro_batch_balance_loss(p, f, 0.5)) == pytest.approx(0.5 * float(micro), rel=1e-6)
     # one rank, one micro-batch: the global batch is the micro-batch
     glob = GlobalBalance(0.5, DistContext().all_reduce)
-    assert float(glob.loss([scores])) == pytest.approx(0.5 * float(micro), rel=1e-6)
+    assert float(glob.loss([(p, f)])) == pytest.approx(0.5 * float(micro), rel=1e-6)
     # a second micro-batch: c counts both micro-batches so far, m only the new one
     other = torch.randn(3, 10, 4, generator=gen).softmax(-1)
     both = torch.nn.functional.one_hot(torch.cat([scores, other]).argmax(-1), 4).float().reshape(-1, 4).mean(0)
-    assert float(glob.loss([other])) == pytest.approx(0.5 * 4 * float((other.reshape(-1, 4).mean(0) * both).sum()))
+    other_terms = balance_terms(other.log(), other, "softmax", 2)
+    assert float(glob.loss([other_terms])) == pytest.approx(0.5 * 4 * float((other.reshape(-1, 4).mean(0) * both).sum()))
     glob.reset()
     assert glob.counts is None and glob.tokens == 0
     lse = torch.logsumexp(logits, -1)
     assert float(z_loss(logits, 1e-3)) == pytest.approx(1e-3 * float((lse ** 2).mean()), rel=1e-6)
+
+
+def test_sigmoid_balance_loss_is_deepseek_v3_sequence_wise_loss():
+    """For a sigmoid router the loss is DeepSeek-V3's sequence-wise balance loss, written here as in its paper:
+    ``alpha * sum_i f_i P_i`` per sequence with ``f_i = E / (k T) * #{t : i in top-k of s_t}`` and
+    ``P_i = mean_t s_it / sum_j s_jt`` (normalised affinities), and its gradient reaches the logits."""
+    gen = torch.Generator().manual_seed(1)
+    g, t, e, k, alpha = 2, 12, 6, 2, 1e-4
+    logits = torch.randn(g, t, e, generator=gen, requires_grad=True)
+    p, f = balance_terms(logits, logits.softmax(-1), "sigmoid", k)
+    expected = 0.0
+    for seq in range(g):
+        s = torch.sigmoid(logits[seq]).detach()
+        chosen = [set(row.topk(k).indices.tolist()) for row in s]
+        f_i = [e / (k * t) * sum(i in c for c in chosen) for i in range(e)]
+        share = s / s.sum(dim=1, keepdim=True)
+        expected += alpha * sum(f_i[i] * float(share[:, i].mean()) for i in range(e))
+    loss = group_balance_loss(p, f, alpha)
+    assert float(loss.detach()) == pytest.approx(expected / g, rel=1e-6)
+    assert torch.allclose(f.sum(-1), torch.ones(g, t)) and torch.allclose(p.sum(-1), torch.ones(g, t))
+    loss.backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+    # balanced first choices and uniform affinities score exactly the coefficient, as the softmax form does
+    flat = torch.zeros(1, 4, 4)
+    p0, f0 = balance_terms(flat, flat.softmax(-1), "sigmoid", 1)
+    assert float(group_balance_loss(p0, torch.eye(4).unsqueeze(0), alpha)) == pytest.approx(alpha)
+    assert torch.allclose(p0, torch.full_like(p0, 0.25)) and f0.sum() == 4
 
 
 def test_layer_keeps_router_state_steps_it_and_checkpoints_it(scratch_routers):

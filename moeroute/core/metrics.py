@@ -15,7 +15,7 @@ from moeroute.core.routing import Routing, gather_scores
 TABLE_KEYS = (
     "router", "score", "groups", "tokens", "experts", "k", "capacity", "slot_drop_rate", "token_drop_rate",
     "second_choice_drop_rate", "selection_drop_rate", "over_k_rate", "mean_experts_per_token", "mean_load_ratio",
-    "max_load_ratio", "padding_factor", "rank1_affinity", "rank2_affinity",
+    "max_load_ratio", "padding_factor", "rank1_affinity", "rank2_affinity", "rank1_affinity_kept", "rank2_affinity_kept",
     "max_vio", "gini", "ep_ranks", "ep_max_over_mean", "ep_rank_tokens", "objective", "optimum", "gap", "latency_ms",
 )
 """The keys of ``moeroute eval --format json`` (and csv), in order (docs/metrics.md)."""
@@ -38,6 +38,11 @@ class RoutingMetrics:
     batch), ``gini`` the Gini coefficient of each group's expert loads, averaged (0 = equal, ``1 - 1/E`` = one
     expert takes all). ``selection_drop_rate``: the fraction of selected (token, expert) pairs missing from the
     final routing (0 for routers without a separate selection). ``mean_experts_per_token``: experts a token kept.
+
+    Affinity: ``rank1_affinity`` (``rank2_affinity``) is the mean over *all* tokens of the score of the token's
+    rank-1 (rank-2) slot, an empty (dropped) slot counting 0, so dropping never raises it (the training log's
+    ``rank{1,2}_affinity_with_drops``); ``rank1_affinity_kept`` / ``rank2_affinity_kept`` are the means over the
+    tokens whose slot is filled. Rank 2 is ``None`` when ``k = 1``.
 
     Expert-parallel view (``ep_ranks = R``, experts placed contiguously, ``E / R`` per rank; one group is one
     sending rank's local batch, so capacity was counted per sending rank and the drops happened before the
@@ -65,6 +70,8 @@ class RoutingMetrics:
     maxweight_optimum: Optional[float] = None
     rank1_affinity: Optional[float] = None
     rank2_affinity: Optional[float] = None
+    rank1_affinity_kept: Optional[float] = None
+    rank2_affinity_kept: Optional[float] = None
     latency_ms: Optional[float] = None
     latency_calls: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -145,9 +152,10 @@ def routing_metrics(x: RouterInput, routing: Routing, ep_ranks: Optional[int] = 
     reference = float(x.capacity) if x.capacity is not None else k * t / e
     ratios = load / reference
     sorted_ratios = torch.sort(ratios, dim=1, descending=True).values.mean(dim=0)
-    picked = gather_scores(x.scores, routing.experts).double()
-    rank1 = picked[:, :, 0][assigned[:, :, 0]]
-    rank2 = picked[:, :, 1][assigned[:, :, 1]] if routing.slots >= 2 else picked.new_zeros(0)
+    picked = gather_scores(x.scores, routing.experts).double()  # [G, T, R], 0 on empty slots
+    # Rank r's slot of every token, an empty slot scoring 0 (a router with fewer slots than k left rank 2 empty).
+    rank = [picked[:, :, r] if routing.slots > r else picked.new_zeros(g, t) for r in range(min(k, 2))]
+    kept = [picked[:, :, r][assigned[:, :, r]] if routing.slots > r else picked.new_zeros(0) for r in range(min(k, 2))]
     selected_load = routing.selected_load()
     ranks = ep_rank_tokens(routing.load(), ep_ranks) if ep_ranks is not None else None
     ep_ratio = None
@@ -170,8 +178,10 @@ def routing_metrics(x: RouterInput, routing: Routing, ep_ranks: Optional[int] = 
         padding_factor=float(load.max()) / (k * t / e),
         sorted_load_ratios=[round(v, 6) for v in sorted_ratios.tolist()],
         objective=float(picked.sum()),
-        rank1_affinity=_mean(rank1),
-        rank2_affinity=_mean(rank2),
+        rank1_affinity=_mean(rank[0]),
+        rank2_affinity=_mean(rank[1]) if k >= 2 else None,
+        rank1_affinity_kept=_mean(kept[0]),
+        rank2_affinity_kept=_mean(kept[1]) if k >= 2 else None,
         score=x.score,
         selection_drop_rate=selection_dropped(routing),
         mean_experts_per_token=float(per_token.double().mean()),

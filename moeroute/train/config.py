@@ -118,7 +118,8 @@ class OutputConfig:
     """Where a run writes: ``results`` (per-step CSV logs and the summary), ``reports`` (figures), ``report``
     (the Markdown summary), ``checkpoints`` (one ``.pt`` per run, beside a copy of its log); ``note``: a paragraph
     for the report (e.g. what scale this profile is); ``title``: the report's heading (empty: chosen from the
-    arms)."""
+    arms); ``baselines``: the arms every other arm is compared with, paired by seed (empty: the GShard + softmax
+    arm, else the first arm); all these comparisons form one family for the multiple-comparison correction."""
 
     results: str = "results/train"
     reports: str = "reports/train"
@@ -126,6 +127,7 @@ class OutputConfig:
     checkpoints: str = "runs/train"
     note: str = ""
     title: str = ""
+    baselines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,25 @@ class RunConfig:
         return f"{self.arm.name}_seed{self.seed}"
 
 
+def training_refusal(arm: Arm) -> Optional[str]:
+    """Why ``arm``'s router cannot train as configured (``None``: it can; a bad spec raises its own one line).
+
+    A stateful router with a ``step_update`` (aux_free, qb, ...) must leave its state alone inside a call
+    (``update_every=0``): the trainer then updates it once per optimizer step from statistics reduced over the
+    data-parallel ranks, as Megatron-Core does. An update inside the call would move the state group by group
+    through each rank's own share of the batch (so results would depend on the number of processes), and on top
+    of that the step update would apply a second time."""
+    from moeroute.routers import bind_router
+
+    bound = bind_router(arm.router, weights=arm.weights)
+    every = getattr(bound.options, "update_every", 0)
+    if bound.entry.step_update is not None and every:
+        name = bound.entry.name
+        return (f"router {name!r} updates its state every {every} group(s) inside a call; in training the state is "
+                f"updated once per optimizer step over all ranks: add update_every=0 to its spec")
+    return None
+
+
 _TABLES = {"model": ModelConfig, "data": DataConfig, "train": OptimConfig, "output": OutputConfig, "capture": CaptureConfig}
 _TOP_KEYS = set(_TABLES) | {"arm", "seeds", "profile"}
 
@@ -260,12 +281,18 @@ def parse_config(raw: dict[str, Any], source: str = "config", profile: Optional[
             arm.model_config(parts["model"])  # an arm's own loss settings are checked now
         except MoeRouteError as exc:
             raise MoeRouteError(f"[[arm]] number {i + 1} in {source}: {exc}") from None
+        reason = training_refusal(arm)
+        if reason:
+            raise MoeRouteError(f"[[arm]] {arm.name or i + 1} in {source}: {reason}")
         if not arm.name or not arm.name.replace("-", "").replace("_", "").isalnum():
             raise MoeRouteError(f"{source}: [[arm]] number {i + 1} needs a name of letters, digits, '-' or '_'")
         arms.append(arm)
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise MoeRouteError(f"{source}: arm names must be distinct, got {', '.join(names)}")
+    unknown_base = [b for b in parts["output"].baselines if b not in names]
+    if unknown_base:
+        raise MoeRouteError(f"{source}: [output] baselines names no arm {unknown_base[0]!r} (arms: {', '.join(names)})")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise MoeRouteError(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -312,5 +339,6 @@ def run_config_from_dict(d: dict[str, Any]) -> RunConfig:
 
 __all__ = [
     "AblationConfig", "Arm", "CaptureConfig", "DataConfig", "ModelConfig", "OptimConfig", "OutputConfig",
-    "RunConfig", "load_config", "parse_config", "run_config_from_dict", "run_configs", "with_overrides",
+    "RunConfig", "load_config", "parse_config", "run_config_from_dict", "run_configs", "training_refusal",
+    "with_overrides",
 ]

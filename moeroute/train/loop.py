@@ -21,7 +21,7 @@ from moeroute.train.checkpoint import load_checkpoint, save_checkpoint
 from moeroute.train.config import ModelConfig, RunConfig
 from moeroute.train.data import Corpus, micro_batch_size, rank_micro_batches, train_batch, val_batches
 from moeroute.train.distributed import DistContext, wrap_model
-from moeroute.train.losses import GlobalBalance, group_balance_loss, micro_batch_balance_loss, z_loss
+from moeroute.train.losses import GlobalBalance, balance_terms, group_balance_loss, micro_batch_balance_loss, z_loss
 from moeroute.train.model import MoELM, cross_entropy
 from moeroute.train.moe import MoEStats
 from moeroute.train.step_stats import ROUTING_COLUMNS, StepTally
@@ -77,16 +77,19 @@ def learning_rate(cfg: RunConfig, step: int) -> float:
 
 def router_losses(stats: list[MoEStats], cfg: ModelConfig, balance: GlobalBalance) -> tuple[torch.Tensor, torch.Tensor]:
     """The balance loss over ``cfg.balance_scope`` and the z-loss of one micro-batch, each summed over layers
-    (:mod:`moeroute.train.losses`); zero tensors where a coefficient is 0."""
+    (:mod:`moeroute.train.losses`); zero tensors where a coefficient is 0. The balance loss follows the score
+    function the router selects by (``Routing.score``): softmax scores and first choices for a softmax router,
+    normalised sigmoid affinities and top-k counts for a sigmoid one (DeepSeek-V3)."""
     zero = stats[0].live.scores.new_zeros(())
-    scores = [s.live.scores for s in stats]
     if cfg.aux_loss_coef == 0:
         aux = zero
-    elif cfg.balance_scope == "global":
-        aux = balance.loss(scores)
     else:
-        per_layer = group_balance_loss if cfg.balance_scope == "group" else micro_batch_balance_loss
-        aux = torch.stack([per_layer(sc, cfg.aux_loss_coef) for sc in scores]).sum()
+        terms = [balance_terms(s.live.logits, s.live.scores, s.routing.score, s.live.k) for s in stats]
+        if cfg.balance_scope == "global":
+            aux = balance.loss(terms)
+        else:
+            per_layer = group_balance_loss if cfg.balance_scope == "group" else micro_batch_balance_loss
+            aux = torch.stack([per_layer(p, f, cfg.aux_loss_coef) for p, f in terms]).sum()
     z = torch.stack([z_loss(s.live.logits, cfg.z_loss_coef) for s in stats]).sum() if cfg.z_loss_coef else zero
     return aux, z
 

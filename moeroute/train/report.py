@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +15,7 @@ from moeroute.core.atomic import atomic_open, atomic_write_text
 from moeroute.core.options import parse_spec
 from moeroute.core.presentation import LINESTYLES, SeriesStyle, markdown_table, pyplot, save_figure
 from moeroute.train.config import AblationConfig, Arm
+from moeroute.train.paired import Comparison, paired_family
 
 # The MaxScore paper's ablation (Table: average accuracy; higher is better), best first.
 PAPER_ORDER = (("maxscore", "softtopk"), ("gshard", "softtopk"), ("maxscore", "softmax"), ("gshard", "softmax"))
@@ -197,14 +198,15 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
     """Three PNGs: loss curves (with the paired training-loss difference to the baseline arm when another arm
     ran: same seed, same batches, so most batch noise cancels), drop, load ratio and balance violation over
     training, and rank-1/rank-2 affinities with drops counted as 0. Each curve is the mean over seeds; the band
-    spans min..max over seeds."""
+    spans min..max over seeds. A fourth, ``paired.png``, shows the paired final-loss differences to each
+    baseline when another arm ran."""
     plt = pyplot()  # the project's one figure style (moeroute.core.presentation), headless
     names = [a.name for a in cfg.arms if any(k[0] == a.name for k in summary.logs)]
     series = SeriesStyle(names)
     # Distinct colours and dash patterns: arms pinned at the same value stay visible on top of each other.
     style = {n: (series(n)["color"], LINESTYLES[i % len(LINESTYLES)]) for i, n in enumerate(names)}
     steps = max(int(log["step"].iloc[-1]) for log in summary.logs.values())
-    base = _baseline_arm(cfg)
+    base = baselines(cfg)[0]
     written = []
     for filename, specs in figure_panels(summary, base).items():
         if not specs:
@@ -218,16 +220,76 @@ def write_figures(summary: AblationSummary, cfg: AblationConfig, out_dir: Path) 
         path = out_dir / filename
         save_figure(fig, path)
         written.append(path)
+    family = [c for c in comparisons(summary, cfg) if c.n]
+    if family:
+        written.append(_paired_figure(plt, family, names, style, out_dir / "paired.png", cfg))
     return written
+
+
+def _against(family: list[Comparison], base: str) -> list[Comparison]:
+    """Every comparison of the family that involves ``base``, written as ``arm - base`` (a comparison made the other
+    way round is mirrored: the same test, the differences negated)."""
+    out = []
+    for c in family:
+        if c.baseline == base:
+            out.append(c)
+        elif c.arm == base:
+            out.append(replace(c, arm=c.baseline, baseline=base, diffs=tuple(-d for d in c.diffs), mean=-c.mean,
+                               t=-c.t))
+    return out
+
+
+def _paired_figure(plt, family: list[Comparison], order: list[str], style: dict, path: Path,
+                   cfg: AblationConfig) -> Path:
+    """One panel per baseline: each other arm's final-validation-loss difference to it on every seed (dots), their
+    mean (diamond) and 95% confidence interval (bar); a filled diamond marks a difference significant after Holm's
+    correction. Arms keep one row order (the config's) in every panel."""
+    bases = list(dict.fromkeys(c.baseline for c in family))
+    panels = {b: {c.arm: c for c in _against(family, b)} for b in bases}
+    rows = max(len(p) for p in panels.values())
+    # one x scale for every panel: a difference reads the same against either baseline
+    fig, axes = plt.subplots(1, len(bases), figsize=(max(7.5, 6.5 * len(bases)), 1.5 + 0.55 * rows), squeeze=False,
+                             sharex=True)
+    for ax, base in zip(axes[0], bases):
+        arms = [a for a in order if a in panels[base]][::-1]  # the first arm on top
+        for y, arm in enumerate(arms):
+            c = panels[base][arm]
+            color = style.get(c.arm, ("black", "-"))[0]
+            ax.scatter(c.diffs, [y] * c.n, color=color, s=16, alpha=0.7, zorder=3)
+            lo, hi = c.ci95()
+            if not math.isnan(lo):
+                ax.plot([lo, hi], [y, y], color=color, lw=2, alpha=0.6, zorder=2)
+            significant = not math.isnan(c.p_holm) and c.p_holm < 0.05
+            ax.scatter([c.mean], [y], marker="D", s=46, zorder=4, edgecolor=color,
+                       facecolor=color if significant else "white")
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(arms)))
+        ax.set_yticklabels(arms, fontsize=8)
+        ax.set_ylim(-0.6, len(arms) - 0.4)
+        ax.set_xlabel(f"final val loss − {base} (nats/byte); < 0: better than {base}")
+        ax.set_title(f"vs {base}: seeds (dots), mean (◆, filled = Holm p < 0.05), 95% CI", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(f"{cfg.source}" + (f" --profile {cfg.profile}" if cfg.profile else "")
+                 + ": final validation loss, paired by seed", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.4f} ± {std:.4f}" if not math.isnan(std) else f"{mean:.4f}"
 
 
+def _has_whole_2x2(cfg: AblationConfig) -> bool:
+    roles = {_role(a) for a in cfg.arms}
+    return all(r in roles for r in PAPER_ORDER)
+
+
 def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[str]:
     """Plain sentences: does the 2×2 reproduce the paper's ordering (flow + SoftTopk best, then SoftTopk only,
-    flow only, GShard), and are the differences to GShard larger than the spread across seeds (paired t-test)?"""
+    flow only, GShard)? Nothing for a config that does not hold the paper's four arms (e.g. the production arms);
+    whether the differences exceed seed noise is :func:`paired_section`'s."""
+    if not _has_whole_2x2(cfg):
+        return []
     by_role = {}
     for arm in cfg.arms:
         row = summary.arms[summary.arms["arm"] == arm.name]
@@ -235,13 +297,7 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
             by_role[_role(arm)] = (arm.name, row.iloc[0])
     missing = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in by_role]
     if missing:
-        in_config = {_role(a) for a in cfg.arms}
-        absent = [PAPER_LABEL[r] for r in PAPER_ORDER if r not in in_config]
-        if absent:
-            lines = [f"This config does not hold the paper's whole 2×2 (no arm for {', '.join(absent)})."]
-        else:
-            lines = [f"The paper's 2×2 cannot be checked yet: no results for {', '.join(missing)}."]
-        return lines + _paired_lines(summary, by_role) if ("gshard", "softmax") in by_role else lines
+        return [f"The paper's 2×2 cannot be checked yet: no results for {', '.join(missing)}."]
     ours = sorted(PAPER_ORDER, key=lambda r: by_role[r][1]["val_loss_mean"])
     lines = [
         "Paper (average accuracy, higher is better): " + " > ".join(
@@ -259,7 +315,7 @@ def ordering_statement(summary: AblationSummary, cfg: AblationConfig) -> list[st
             f"**The paper's full ordering does not hold at this scale.** Flow + SoftTopk is "
             f"{'the best' if best else 'not the best'} of the 2×2; GShard is {'the worst' if base_worst else 'not the worst'}."
         )
-    return lines + _paired_lines(summary, by_role)
+    return lines
 
 
 def winner_lines(summary: AblationSummary) -> list[str]:
@@ -273,46 +329,115 @@ def winner_lines(summary: AblationSummary) -> list[str]:
             "differences below."]
 
 
-def _verdict(p: float, strict: float) -> str:
-    if p < strict:
-        return "significant, also after the Bonferroni correction"
-    if p < 0.05:
-        return "p < 0.05, but not after the Bonferroni correction"
-    return "not significant at p < 0.05"
+def baselines(cfg: AblationConfig) -> list[str]:
+    """The arms paired differences are taken against: ``[output] baselines``, else GShard + softmax (or the first
+    arm)."""
+    return list(cfg.output.baselines) or [_baseline_arm(cfg)]
 
 
-def _paired_lines(summary: AblationSummary, by_role: dict) -> list[str]:
-    """The paired differences of every other arm to GShard + softmax, with a paired t-test over seeds; nothing
-    when no other arm ran (no dangling header)."""
-    try:
-        from scipy.stats import ttest_rel
-    except ImportError:  # scipy is a dependency; keep the report readable without it anyway
+def comparisons(summary: AblationSummary, cfg: AblationConfig) -> list[Comparison]:
+    """Every arm against every baseline, paired by seed, Holm-adjusted over the family (:mod:`paired`)."""
+    if summary.runs.empty:
         return []
-    base_name = by_role[("gshard", "softmax")][0]
-    base = summary.runs[summary.runs["arm"] == base_name].set_index("seed")["final_val_loss"]
-    others = [name for name in summary.arms["arm"] if name != base_name]
-    if not others:
-        return ["", f"Only the baseline arm `{base_name}` has results: nothing to compare it with yet."]
-    labels = {name: PAPER_LABEL[role] for role, (name, _) in by_role.items() if role in PAPER_LABEL}
-    # Several arms are tested against one baseline: say which differences survive a Bonferroni correction too.
-    strict = 0.05 / len(others)
-    lines = ["", "Differences to GShard in final validation loss, paired by seed (same initial weights and batches), "
-             f"with a paired t-test over seeds ({plural(len(others), 'comparison')}; Bonferroni threshold "
-             f"p < {strict:.4f}):"]
-    for name in others:
-        label = f"{labels[name]} (`{name}`)" if name in labels else f"`{name}`"
-        other = summary.runs[summary.runs["arm"] == name].set_index("seed")["final_val_loss"]
-        seeds = sorted(set(base.index) & set(other.index))
-        diff = (other[seeds] - base[seeds])
-        if len(seeds) >= 2:
-            p = float(ttest_rel(other[seeds], base[seeds]).pvalue)
-            lines.append(f"- {label} − GShard: {diff.mean():+.4f} ± {diff.std():.4f} nats/byte over "
-                         f"{len(seeds)} seeds ({int((diff < 0).sum())} of {len(seeds)} lower), p = {p:.3f}: "
-                         f"{_verdict(p, strict)}.")
-        elif seeds:
-            lines.append(f"- {label} − GShard: {diff.mean():+.4f} nats/byte (one paired seed: no test).")
-        else:
-            lines.append(f"- {label}: no seed in common with GShard: no paired difference.")
+    return paired_family(summary.runs, [a.name for a in cfg.arms], baselines(cfg))
+
+
+def _verdict(c: Comparison) -> str:
+    if math.isnan(c.p):
+        return "one paired seed: no test"
+    if c.p_holm < 0.05:
+        return "**significant** (Holm p < 0.05)"
+    if c.p < 0.05:
+        return "p < 0.05 before the correction only"
+    return "not significant"
+
+
+def _pvalue(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _comparison_table(family: list[Comparison]) -> list[str]:
+    header = ["arm − baseline", "seeds", "mean ± std (nats/byte)", "95% CI", "lower on", "t", "p", "p (Holm)",
+              "verdict"]
+    rows = []
+    for c in family:
+        lo, hi = c.ci95()
+        rows.append([f"`{c.arm}` − `{c.baseline}`", c.n, f"{c.mean:+.4f}" + ("" if math.isnan(c.std) else f" ± {c.std:.4f}"),
+                     "n/a" if math.isnan(lo) else f"[{lo:+.4f}, {hi:+.4f}]", f"{c.lower} of {c.n}",
+                     _num(c.t, "+.2f"), _pvalue(c.p), _pvalue(c.p_holm), _verdict(c)])
+    return markdown_table(header, rows, align="l" + "r" * 7 + "l").splitlines()
+
+
+def _holm_note(c: Comparison) -> str:
+    return "" if math.isnan(c.p_holm) else f", Holm p {_pvalue(c.p_holm)}"
+
+
+def _per_baseline_lines(family: list[Comparison]) -> list[str]:
+    """One sentence per baseline: which arms ended below it and which above, on average, with the seed count and
+    the corrected p of each."""
+    lines = []
+    for base in dict.fromkeys(c.baseline for c in family):
+        mine = sorted(_against(family, base), key=lambda c: c.mean)
+        parts = []
+        for word, side in (("below", [c for c in mine if c.mean < 0]), ("above", [c for c in mine if c.mean >= 0])):
+            if side:
+                parts.append(f"{word} it on average: " + ", ".join(
+                    f"`{c.arm}` ({c.mean:+.4f}, lower on {c.lower} of {c.n} seeds{_holm_note(c)})" for c in side))
+        lines += ["", f"Against `{base}`: " + "; ".join(parts) + "."]
+    return lines
+
+
+def _best_arm_lines(summary: AblationSummary, family: list[Comparison]) -> list[str]:
+    """Whether the arm with the lowest mean loss is significantly below the arms it was compared with."""
+    a = summary.arms.dropna(subset=["val_loss_mean"])
+    if len(a) < 2:
+        return []
+    best = str(a.sort_values("val_loss_mean").iloc[0]["arm"])
+    tested = [c for c in _against(family, best) if not math.isnan(c.p_holm)]  # each as other - best
+    if not tested:
+        return []
+    beaten = [c.arm for c in tested if c.p_holm < 0.05 and c.mean > 0]
+    if beaten:
+        return ["", f"The lowest mean, `{best}`, is significantly below {', '.join(f'`{b}`' for b in beaten)} after "
+                "the correction."]
+    closest = min(tested, key=lambda c: c.p_holm)
+    return ["", f"The lowest mean, `{best}`, is not significantly below any of the arms it was compared with "
+            f"({', '.join(f'`{c.arm}`' for c in tested)}) after the correction; its smallest corrected p is "
+            f"{_pvalue(closest.p_holm)}, against `{closest.arm}`."]
+
+
+def _correction(m: int) -> str:
+    if m <= 1:
+        return "no multiple-comparison correction (one test)"
+    return f"Holm's step-down correction over all {m} comparisons together (family-wise error 0.05)"
+
+
+def paired_section(summary: AblationSummary, cfg: AblationConfig) -> list[str]:
+    """The paired differences in final validation loss of every arm to each baseline, with a paired t-test over
+    seeds and Holm's correction over all of them; one sentence when no other arm ran (no dangling header)."""
+    family = [c for c in comparisons(summary, cfg) if c.n]
+    if not family:
+        present = [b for b in baselines(cfg) if b in set(summary.runs["arm"])] if len(summary.runs) else []
+        only = f"`{present[0]}`" if present else "one arm"
+        return ["", f"Only {only} has results: nothing to compare it with yet."]
+    tested = [c for c in family if not math.isnan(c.p)]
+    names = " and to ".join(f"`{b}`" for b in dict.fromkeys(c.baseline for c in family))
+    counts = "/".join(map(str, sorted({c.n for c in family})))
+    test = (f"a two-sided paired t-test over seeds and {_correction(len(tested))}" if tested
+            else "no test (a paired t-test needs two or more seeds)")
+    lines = ["", f"Differences in final validation loss to {names}, paired by seed (same initial weights, same "
+             f"batches; {counts} {'seed' if counts == '1' else 'seeds'} per comparison), with {test}. Negative: the "
+             "arm ended lower (better) than the baseline.", ""]
+    lines += _comparison_table(family)
+    lines += _per_baseline_lines(family) + _best_arm_lines(summary, family)
+    significant = [c for c in tested if c.p_holm < 0.05]
+    if significant:
+        lines += ["", "Significant after the correction: " + "; ".join(
+            f"`{c.arm}` {'below' if c.mean < 0 else 'above'} `{c.baseline}` by {abs(c.mean):.4f}"
+            for c in significant) + ". Every other difference is within seed noise at this number of seeds."]
+    elif tested:
+        lines += ["", "No difference is significant after the correction: at this number of seeds every arm is "
+                  "within seed noise of the baselines."]
     return lines
 
 
@@ -320,15 +445,13 @@ def default_title(cfg: AblationConfig) -> str:
     """The 2×2 ablation's title when the config holds the paper's four arms, else one naming the routers."""
     if cfg.output.title:
         return cfg.output.title
-    roles = {_role(a) for a in cfg.arms}
-    if all(r in roles for r in PAPER_ORDER):
+    if _has_whole_2x2(cfg):
         return "Training ablation: GShard vs MaxScore routing × softmax vs SoftTopk weights"
     return "Training ablation: " + ", ".join(dict.fromkeys(parse_spec(a.router)[0] for a in cfg.arms))
 
 
 def _verdict_heading(cfg: AblationConfig) -> str:
-    roles = {_role(a) for a in cfg.arms}
-    return "Does the paper's ordering hold?" if all(r in roles for r in PAPER_ORDER) else "Which arm has the lowest loss?"
+    return "Does the paper's ordering hold?" if _has_whole_2x2(cfg) else "Which arm has the lowest loss?"
 
 
 def _num(value: float, fmt: str) -> str:
@@ -390,17 +513,21 @@ def write_markdown(summary: AblationSummary, cfg: AblationConfig, path: Path, fi
         lines += ["", "Arms with router losses of their own (the others use the config's): " + ", ".join(own) + "."]
     lines += ["", "Routing columns are averages over the last 10% of training steps and over layers (training "
               "batches). Balance violation is max(load)/mean(load) − 1 of the tokens each expert received over the "
-              "step's global batch, after capacity. Affinity is the mean softmax score of each token's rank-r "
+              "step's global batch, after capacity. Affinity is the mean softmax score (the softmax of the gate "
+              "logits, for every arm, sigmoid-scored ones included: one yardstick) of each token's rank-r "
               "slot over all tokens, a dropped slot counting 0, so dropping is not rewarded with a higher mean "
               "(n/a: a log written before these columns existed). For `dropless` the load ratio divides by k·T/E "
               "(no capacity) and the max load ratio is its padding factor; it has no capacity, so its expert FLOPs "
               "are not matched to the other arms.", "", f"## {_verdict_heading(cfg)}", ""]
     lines += winner_lines(summary)
-    lines += ordering_statement(summary, cfg)
-    lines += ["", "The paper's numbers are downstream accuracies of models trained far longer; here it is the next-byte "
-              "validation loss of a small model, so the comparison is of direction, not size. SoftTopk's schedule is "
-              f"compressed to {cfg.train.softtopk_anneal_steps} steps here (the paper: 30000 steps of a much longer "
-              "run)."]
+    ordering = ordering_statement(summary, cfg)
+    lines += ([""] if ordering else []) + ordering
+    lines += paired_section(summary, cfg)
+    if ordering:
+        lines += ["", "The paper's numbers are downstream accuracies of models trained far longer; here it is the "
+                  "next-byte validation loss of a small model, so the comparison is of direction, not size. "
+                  f"SoftTopk's schedule is compressed to {cfg.train.softtopk_anneal_steps} steps here (the paper: "
+                  "30000 steps of a much longer run)."]
     lines += ["", "## Figures", ""]
     for fig in figures:
         rel = Path(_relpath(fig, path.parent))
@@ -433,5 +560,9 @@ def write_report(cfg: AblationConfig, captured: Optional[str] = None) -> Optiona
         return None
     _write_csv(summary.runs, results / "runs.csv")
     _write_csv(summary.arms, results / "summary.csv")
+    family = comparisons(summary, cfg)
+    if family:
+        _write_csv(pd.DataFrame([{k: v for k, v in c.__dict__.items() if k not in ("seeds", "diffs")}
+                                 | {"n": c.n, "lower": c.lower} for c in family]), results / "comparisons.csv")
     figures = write_figures(summary, cfg, Path(cfg.output.reports))
     return write_markdown(summary, cfg, Path(cfg.output.report), figures, cfg.output.note, captured)

@@ -31,8 +31,8 @@ from moeroute.workloads import workload_logits
 METRIC_COLUMNS = ["score", "slot_drop_rate", "token_drop_rate", "second_choice_drop_rate", "selection_drop_rate",
                   "over_k_rate", "mean_experts_per_token", "mean_load_ratio", "max_load_ratio", "padding_factor",
                   "max_vio", "max_vio_global", "gini", "ep_ranks", "ep_max_over_mean", "ep_rank_tokens",
-                  "objective", "optimum", "gap", "maxweight_optimum", "rank1_affinity", "rank2_affinity", "latency_ms",
-                  "latency_calls", "sorted_load_ratios", "extra"]
+                  "objective", "optimum", "gap", "maxweight_optimum", "rank1_affinity", "rank2_affinity",
+                  "rank1_affinity_kept", "rank2_affinity_kept", "latency_ms", "latency_calls", "sorted_load_ratios", "extra"]
 """The measured columns of a row (docs/metrics.md); lists are stored as JSON."""
 JSON_COLUMNS = ("sorted_load_ratios", "ep_rank_tokens")
 

@@ -153,11 +153,15 @@ def _plan(config: SweepConfig, store: ResultStore, device: str, code: str, reuse
     plan = _Plan([])
     for grid, point, routers in config.points:
         pending = []
+        seen: set[str] = set()
         for spec in routers:
             if config.refusal(point, spec):
                 plan.refused += 1
                 continue
             run_spec, resolved = config.run_spec(point, spec)
+            if resolved in seen:  # two spellings of one configuration (`maxscore`, `maxscore:eps=<default>`): one row
+                continue
+            seen.add(resolved)
             done = store.rows.get(point.row_key(resolved, device))
             if done is None or done.error or (done.code != code and not reuse_stale):
                 pending.append(RouterRun(spec, run_spec, resolved))
