@@ -173,6 +173,19 @@ def test_prices_are_carried_and_averaged_over_ranks() -> None:
         route(logits, "dual", k=2, state={"prices": torch.zeros(3)})
 
 
+def test_carried_prices_work_on_scores_that_require_grad() -> None:
+    # Training hands the router logits that require grad and the prices of the previous step (a regression: the
+    # warm start read live scores and the compiled auction could not turn them into numpy).
+    logits = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(5)) + torch.randn(8) * 2
+    prices = route(logits, "dual", k=2).state["prices"]
+    live = logits.clone().requires_grad_(True)
+    warm = route(live, "dual", k=2, state={"prices": prices.clone().requires_grad_(True)})
+    assert torch.equal(warm.experts, route(logits, "dual", k=2, state={"prices": prices}).experts)
+    with as_on_accelerator():
+        torch_warm = route(live, "dual", k=2, state={"prices": prices})
+    assert torch_warm.experts.shape == (2, 64, 2)
+
+
 def test_without_capacity_it_is_top_k() -> None:
     logits = torch.randn(2, 16, 6, generator=torch.Generator().manual_seed(2))
     r = route(logits, "dual", k=2, capacity_factor=None)

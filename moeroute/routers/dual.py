@@ -82,10 +82,12 @@ def start_prices(x: RouterInput, opts: DualOptions) -> Optional[torch.Tensor]:
     carried = x.state.get("prices") if opts.carry else None
     if carried is None:
         return None
-    carried = torch.as_tensor(carried, dtype=x.scores.dtype, device=x.scores.device)
+    # Prices are state, not a function of this step's parameters: no gradient flows through them (training hands
+    # in scores that require grad, and the compiled auction reads them as numpy).
+    carried = torch.as_tensor(carried, dtype=x.scores.dtype, device=x.scores.device).detach()
     if carried.shape[-1] != x.experts or carried.dim() > 2:
         raise MoeRouteError(f"dual: state['prices'] must have shape [E] or [G, E] with E={x.experts}, got {tuple(carried.shape)}")
-    scale = x.scores.amax(dim=(1, 2)).unsqueeze(1)
+    scale = x.scores.detach().amax(dim=(1, 2)).unsqueeze(1)
     prices = (carried.expand(x.groups, x.experts) - opts.slack * scale).clamp(min=0)
     return torch.cat([prices, prices.new_zeros(x.groups, 1)], dim=1)
 
