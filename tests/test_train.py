@@ -213,7 +213,7 @@ def test_production_config_parses_and_its_arms_are_registered():
     routers = {a.name: bind_router(a.router) for a in prod.arms}
     assert {name: b.entry.name for name, b in routers.items()} == {
         "gshard-softmax": "gshard", "maxscore-softmax": "maxscore", "maxscore-softtopk": "maxscore", "qb": "qb",
-        "auxfree-sigmoid": "aux_free", "dual-softmax": "dual", "dropless-softmax": "dropless"}
+        "auxfree-sigmoid": "aux_free", "dual-softmax": "dual", "dual-carry": "dual", "dropless-softmax": "dropless"}
     assert prod.output.baselines == ("gshard-softmax", "maxscore-softmax")
     for arm in prod.arms:
         assert arm.router.split(":")[0] in router_names() and arm.weights in weight_ops()
@@ -230,7 +230,8 @@ def test_production_config_parses_and_its_arms_are_registered():
         cfg = load_config(str(PRODUCTION), profile)
         assert cfg.model.balance_scope == "global" and cfg.data.batch_size % 2 == 0
     hour = load_config(str(PRODUCTION), "hour")
-    assert len(hour.seeds) >= 3 and len(hour.arms) == 7
+    assert len(hour.seeds) >= 3 and len(hour.arms) == 8
+    assert not routers["dual-softmax"].options.carry and routers["dual-carry"].options.carry
 
 
 def test_a_router_that_updates_its_state_inside_a_call_is_refused_for_training():
