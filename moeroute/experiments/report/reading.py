@@ -21,6 +21,10 @@ MAXSCORE = "maxscore"
 LATENCY_TOL = 0.15
 """Latency ratios within 15% count as a tie in the Pareto reading (timings on a shared machine are that noisy)."""
 GAP_TOL = 0.01e-2
+"""Mean gaps up to this are read as "within 0.01% of the LP optimum" (the ranking sentence)."""
+GAP_EQ = 1e-6
+"""Gaps closer than this count as equal in the Pareto reading: the exact solvers' integer costs round S to 1e-6,
+so a smaller difference is rounding, while any larger one (e.g. 0.005% against the optimum) is a real loss."""
 DROP_TOL = SHOWN_DROP * 1e-2
 LOSS = 5.0
 """Percent: a workload where MaxScore's gap is at least this is one it loses on."""
@@ -63,7 +67,7 @@ def ranking(table: pd.DataFrame, top: int = 4) -> list[str]:
     parts = []
     if len(rest):
         close = ", ".join(f"`{r}` {pct(x['gap'])} ({dropped(x['slot_drop_rate'])})" for r, x in rest.head(top).iterrows())
-        head = f"At the LP optimum: {names(at_opt)}. Closest after it" if at_opt else "Closest to the LP optimum"
+        head = f"Within {pct(GAP_TOL)} of the LP optimum: {names(at_opt)}. Closest after them" if at_opt else "Closest to the LP optimum"
         parts.append(f"{head} (mean gap): {close}; farthest: `{rest.index[-1]}` {pct(rest['gap'].iloc[-1])} "
                      f"({dropped(rest['slot_drop_rate'].iloc[-1])}).")
     out = table[outside_lp(table)]
@@ -79,12 +83,12 @@ def ranking(table: pd.DataFrame, top: int = 4) -> list[str]:
 
 
 def dominates(a: pd.Series, b: pd.Series) -> bool:
-    """``a`` is at least as good as ``b`` on latency (within :data:`LATENCY_TOL`), gap and drops, and clearly
-    better on one of them."""
+    """``a`` is at least as good as ``b`` on latency (within :data:`LATENCY_TOL`), gap (within :data:`GAP_EQ`) and
+    drops, and clearly better on one of them."""
     lat = not (np.isnan(a["x_base"]) or np.isnan(b["x_base"]))
-    no_worse = ((not lat or a["x_base"] <= b["x_base"] * (1 + LATENCY_TOL)) and a["gap"] <= b["gap"] + GAP_TOL
+    no_worse = ((not lat or a["x_base"] <= b["x_base"] * (1 + LATENCY_TOL)) and a["gap"] <= b["gap"] + GAP_EQ
                 and a["slot_drop_rate"] <= b["slot_drop_rate"] + DROP_TOL)
-    better = ((lat and a["x_base"] * (1 + LATENCY_TOL) < b["x_base"]) or a["gap"] < b["gap"] - GAP_TOL
+    better = ((lat and a["x_base"] * (1 + LATENCY_TOL) < b["x_base"]) or a["gap"] < b["gap"] - GAP_EQ
               or a["slot_drop_rate"] < b["slot_drop_rate"] - DROP_TOL)
     return bool(no_worse and better)
 
