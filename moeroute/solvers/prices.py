@@ -21,9 +21,9 @@ near-indifferent tokens back and forth; ``eps``, a fraction of the group's mean 
 from ``eps_start`` to ``eps_end``, ends such trades.
 
 The loop never synchronises with the host except at its convergence tests, which run every ``check_every``
-iterations on an accelerator (every iteration on CPU, where they are free); ``iters`` caps the iterations. On CPU
-the loop runs in numpy (row selections by ``argpartition``, one flat sort per update), elsewhere in torch; the two
-agree exactly on inputs without ties (tests/test_dual.py).
+iterations on an accelerator (every iteration on CPU, where they are free); ``iters`` caps the iterations. This is
+the accelerator path of ``dual`` and MaxScore's stage 2; on CPU they route by the compiled auction of
+moeroute/solvers/auction.py, and this loop runs there only when called directly (as the tests do).
 """
 
 from __future__ import annotations
@@ -31,11 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from moeroute.solvers.rows import order_key, row_top, segment_kth
-from moeroute.solvers.sync import check_now, use_numpy
+from moeroute.solvers.sync import check_now
 
 NONE = -1
 """Node of an inactive unit (the token needs fewer units, or has no allowed expert left)."""
@@ -151,17 +150,10 @@ def candidates(
 
 
 def _best_columns(red: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``width`` largest entries' positions along the last dim of ``red`` ``[G, T, E]`` (in no particular order)
-    and the ``(width+1)``-th largest value ``[G, T]``. On CPU one numpy ``argpartition`` (ties fall either way);
-    elsewhere :func:`row_top`."""
-    if not use_numpy(red.device):
-        top, pos = row_top(red, width + 1)
-        return pos[..., :width], top[..., width]
-    g, t, e = red.shape
-    flat = red.reshape(-1, e).numpy()
-    part = np.argpartition(flat, e - width - 1, axis=1)[:, e - width - 1:]
-    bound = _rows_take(flat, part[:, :1])[:, 0]
-    return torch.from_numpy(np.ascontiguousarray(part[:, 1:])).view(g, t, width), torch.from_numpy(bound).view(g, t)
+    """The ``width`` largest entries' positions along the last dim of ``red`` ``[G, T, E]`` (best first) and the
+    ``(width+1)``-th largest value ``[G, T]``."""
+    top, pos = row_top(red, width + 1)
+    return pos[..., :width], top[..., width]
 
 
 def _refresh(cands: Candidates, rows: torch.Tensor, make: Callable, prices: torch.Tensor) -> Candidates:
@@ -181,85 +173,9 @@ class _Held:
     """Flat held units at some prices: global ``nodes`` ``[N, K]`` (negative = :data:`NONE`/:data:`OUTSIDE`),
     reduced ``values`` and ``margin`` ``[N, K]`` (largest value first)."""
 
-    nodes: np.ndarray | torch.Tensor
-    values: np.ndarray | torch.Tensor
-    margin: np.ndarray | torch.Tensor
-
-
-def _rows_take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``np.take_along_axis(a, idx, 1)`` for 2-D arrays by flat indexing (several times faster)."""
-    rows = np.arange(a.shape[0], dtype=np.int64).reshape(-1, 1) * a.shape[1]
-    return a.reshape(-1)[rows + idx]
-
-
-def _reduced_numpy(values: np.ndarray, nodes: np.ndarray, prices: np.ndarray, dense: tuple[int, int]) -> np.ndarray:
-    """``values - prices[nodes]`` ``[N, M]``; a broadcast subtraction when the candidates are dense."""
-    g, e = dense
-    if g:
-        return (values.reshape(g, -1, e) - prices.reshape(g, e + 1)[:, None, :e]).reshape(values.shape)
-    return values - prices[nodes]
-
-
-def _hold_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices: np.ndarray,
-                demand: np.ndarray, k: int, dense: tuple[int, int] = (0, 0)) -> _Held:
-    """:func:`_hold_torch` in numpy: ``argpartition`` picks each row's ``k + 1`` best, a sort orders them (ties may
-    fall either way, unlike the torch path's lower-position rule)."""
-    red = _reduced_numpy(values, nodes, prices, dense)
-    n, m = red.shape
-    if m < k + 1:
-        red = np.concatenate([red, np.full((n, k + 1 - m), -np.inf, red.dtype)], axis=1)
-        nodes = np.concatenate([nodes, np.zeros((n, k + 1 - m), nodes.dtype)], axis=1)
-        m = k + 1
-    part = np.argpartition(red, m - k - 1, axis=1)[:, m - k - 1:]
-    part_vals = _rows_take(red, part)
-    order = np.argsort(-part_vals, axis=1, kind="stable")
-    pos = _rows_take(part, order)
-    vals = _rows_take(part_vals, order)
-    return _finish_hold(np, vals, _rows_take(nodes, pos[:, :k]), bound, demand, k)
-
-
-def _step_numpy(values: np.ndarray, nodes: np.ndarray, bound: np.ndarray, prices: np.ndarray, demand: np.ndarray,
-                uniform: bool, k: int, cap: np.ndarray, eps: np.ndarray,
-                dense: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, bool, np.ndarray]:
-    """One auction step in numpy without per-unit bookkeeping: the price increase ``[G*(E+1)]``, whether any node
-    is over-full, and which rows hold a unit outside their candidates. The held units counted are the entries above
-    both each row's ``(d+1)``-th largest reduced value (one ``partition`` per row; on ties fewer are counted, which
-    only delays a price rise) and its bound; their margins are what they exceed the larger of the two by."""
-    red = _reduced_numpy(values, nodes, prices, dense)
-    n, m = red.shape
-    if m < k + 1:
-        red = np.concatenate([red, np.full((n, k + 1 - m), -np.inf, red.dtype)], axis=1)
-        nodes = np.concatenate([nodes, np.zeros((n, k + 1 - m), nodes.dtype)], axis=1)
-        m = k + 1
-    top = np.partition(red, m - k - 1, axis=1)[:, m - k - 1:]
-    if uniform:
-        # Column by column: numpy reductions along a short last axis are far slower than elementwise ops.
-        alt, weakest = top[:, 0], top[:, 1]
-        for j in range(2, k + 1):
-            weakest = np.minimum(weakest, top[:, j])
-    else:
-        ordered = -np.sort(-top, axis=1)
-        d = np.minimum(demand, k).reshape(-1, 1)
-        alt, weakest = _rows_take(ordered, d)[:, 0], _rows_take(ordered, np.maximum(d - 1, 0))[:, 0]
-    # A held unit below the row's bound means an expert outside the candidates is better: refresh that row.
-    outside_rows = (weakest < bound) & np.isfinite(weakest)
-    floor = np.maximum(alt, bound)
-    flat = np.flatnonzero(red > floor.reshape(-1, 1))
-    ids = nodes.reshape(-1)[flat]
-    total = cap.shape[0]
-    load = np.bincount(ids, minlength=total)
-    excess = load - cap
-    over = excess > 0
-    if not over.any():
-        return np.zeros(total, np.float32), False, outside_rows
-    # Margins are > 0 here, and the bits of a non-negative float32 read as an int32 already sort like the float.
-    margin = red.reshape(-1)[flat] - floor[flat // m]
-    keys = np.sort((ids << 32) | margin.view(np.int32).astype(np.int64))
-    starts = np.cumsum(load) - load
-    at = np.minimum(starts + np.maximum(excess, 1) - 1, max(keys.size - 1, 0))
-    kth = (keys[at] & _LOW).astype(np.int32).view(np.float32)
-    step = np.where(over & np.isfinite(kth), kth + eps, np.float32(0)).astype(np.float32)
-    return step, True, outside_rows
+    nodes: torch.Tensor
+    values: torch.Tensor
+    margin: torch.Tensor
 
 
 def _hold_torch(values: torch.Tensor, nodes: torch.Tensor, bound: torch.Tensor, prices: torch.Tensor,
@@ -269,20 +185,21 @@ def _hold_torch(values: torch.Tensor, nodes: torch.Tensor, bound: torch.Tensor, 
     :data:`OUTSIDE`, a unit past the demand (or on a ``-inf`` value) :data:`NONE`."""
     vals, pos = row_top(values - prices[nodes], k + 1)
     held = torch.gather(nodes, 1, pos[:, :k].clamp(max=nodes.shape[1] - 1))
-    return _finish_hold(torch, vals, held, bound, demand, k)
+    return _finish_hold(vals, held, bound, demand, k)
 
 
-def _finish_hold(xp, vals, held, bound, demand, k: int) -> _Held:
-    """The tail the two ``_hold`` functions share, written once for both array libraries (``xp``: numpy or torch).
-    ``vals`` ``[N, k + 1]`` are each row's best reduced values, largest first, ``held`` ``[N, k]`` their nodes."""
+def _finish_hold(vals: torch.Tensor, held: torch.Tensor, bound: torch.Tensor, demand: torch.Tensor, k: int) -> _Held:
+    """The held units from each row's best reduced values ``vals`` ``[N, k + 1]`` (largest first) on nodes ``held``
+    ``[N, k]``: margins over the row's best alternative, :data:`OUTSIDE` below the bound, :data:`NONE` past the
+    demand."""
     bound = bound.reshape(-1, 1)
     at = demand.reshape(-1, 1).clip(max=k)
-    alt = xp.maximum(_rows_take(vals, at) if xp is np else torch.take_along_dim(vals, at, 1), bound)
+    alt = torch.maximum(torch.take_along_dim(vals, at, 1), bound)
     top = vals[:, :k]
-    active = (xp.arange(k).reshape(1, k) < demand.reshape(-1, 1)) & xp.isfinite(top)
-    held = xp.where(active, xp.where(top >= bound, held, OUTSIDE), NONE)
+    active = (torch.arange(k, device=vals.device).reshape(1, k) < demand.reshape(-1, 1)) & torch.isfinite(top)
+    held = torch.where(active, torch.where(top >= bound, held, OUTSIDE), NONE)
     # (-inf - -inf would be NaN: a row without alternative has an infinite margin, one without units none.)
-    margin = xp.where(xp.isfinite(alt), top - xp.where(xp.isfinite(alt), alt, 0), float("inf"))
+    margin = torch.where(torch.isfinite(alt), top - torch.where(torch.isfinite(alt), alt, 0), float("inf"))
     return _Held(held, top, margin)
 
 
@@ -312,12 +229,11 @@ def solve_prices(
     excluded: Optional[torch.Tensor] = None,
     drop: Optional[torch.Tensor] = None,
     prices0: Optional[torch.Tensor] = None,
-    backend: Optional[str] = None,
 ) -> PriceResult:
     """Run the ascending auction on ``scores`` float32 ``[G, T, E]`` with token demands long ``[G, T]`` (at most
     ``units`` each, a bound the caller knows without reading the device), expert capacities long ``[G, E]``, optional ``excluded`` experts per token (long ``[G, T, R]``, ``-1`` = none), drop-node
     capacities ``drop`` long ``[G]`` (``None``: every unit goes to an expert) and starting prices ``prices0`` float32
-    ``[G, E + 1]`` (``None``: zero). ``backend``: ``"numpy"`` or ``"torch"`` (default: numpy on CPU)."""
+    ``[G, E + 1]`` (``None``: zero)."""
     g, t, e = scores.shape
     n = e + 1
     k = units
@@ -336,41 +252,12 @@ def solve_prices(
         return Candidates(sub.values, sub.nodes - (torch.arange(gi.numel(), device=ids.device) * n).view(-1, 1)
                           + (gi * n).view(-1, 1), sub.bound)
 
-    numpy_loop = (backend or ("numpy" if use_numpy(scores.device) else "torch")) == "numpy"
-    loop = _auction_numpy if numpy_loop else _auction_torch
-    prices_flat, cands, held, it, done = loop(
+    prices_flat, cands, held, it, done = _auction_torch(
         cands, prices.reshape(-1), cap, flat_demand, k, scale.repeat_interleave(n), config, width < e, remake,
     )
     units = Units(*(torch.as_tensor(a).view(g, t, k) for a in (held.nodes, held.values, held.margin)))
     local = torch.where(units.nodes >= 0, units.nodes % n, units.nodes)
     return PriceResult(prices_flat.view(g, n), cands, Units(local, units.values, units.margin), it, done)
-
-
-def _auction_numpy(cands, prices, cap, demand, k, scale, config, partial, remake):
-    """The auction loop in numpy (CPU, where a convergence test is free: one every iteration). Arrays share memory
-    with the tensors they come from."""
-    p = prices.numpy().copy()
-    capn, dem, scl = cap.numpy(), demand.numpy(), scale.numpy()
-    uniform = bool((dem == k).all())
-    it, done = 0, False
-    while it < config.iters:
-        args = (cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, uniform, k, capn)
-        step, any_over, outside = _step_numpy(*args, (scl * config.eps(it)).astype(np.float32), cands.dense)
-        if partial and outside.any():
-            # The outside units were not counted this time; from the next step on they are, on fresh candidates.
-            _refresh(cands, torch.from_numpy(outside), remake, torch.from_numpy(p))
-        elif not any_over:
-            done = True
-            break
-        p += step
-        it += 1
-    held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k, cands.dense)
-    if partial and (held.nodes == OUTSIDE).any():
-        cands = _refresh(cands, torch.from_numpy((held.nodes == OUTSIDE).any(axis=1)), remake, torch.from_numpy(p))
-        held = _hold_numpy(cands.values.numpy(), cands.nodes.numpy(), cands.bound.numpy(), p, dem, k)
-    load = np.bincount(np.where(held.nodes >= 0, held.nodes, capn.size).reshape(-1), minlength=capn.size + 1)
-    done = not ((load[:-1] > capn).any() or (held.nodes == OUTSIDE).any())
-    return torch.from_numpy(p), cands, held, it, bool(done)
 
 
 def _auction_torch(cands, prices, cap, demand, k, scale, config, partial, remake):
