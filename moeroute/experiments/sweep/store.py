@@ -31,7 +31,7 @@ import io
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Optional
+from typing import Any, BinaryIO, Iterable, Iterator, NamedTuple, Optional
 
 from moeroute.core.atomic import atomic_open, clean_partials, fsync_dir
 from moeroute.core.errors import MoeRouteError
@@ -100,21 +100,32 @@ def _scan(path: Path, damaged: Damaged) -> tuple[list[str], Iterator[Line]]:
         fh = open(path, "rb")
     except OSError as exc:
         raise MoeRouteError(f"{path}: cannot read results ({exc.strerror or exc})") from None
+    header, raw_lines = _raw_lines(path, fh)
+
+    def lines() -> Iterator[Line]:
+        for number, raw in raw_lines:
+            fields, reason = _parse(raw, header)
+            if fields is not None:
+                yield Line(number, raw, fields)
+            else:
+                damaged.append((str(path), number, reason, raw.decode("utf-8", errors="replace")))
+
+    return header, lines()
+
+
+def _raw_lines(path: Path, fh: BinaryIO) -> tuple[list[str], Iterator[tuple[int, bytes]]]:
+    """The header of the CSV file open in ``fh`` and an iterator over its other lines as (line number, bytes
+    without the newline), which closes ``fh`` when done; an empty file has no header and no lines."""
     first = fh.readline()
     if not first:
         fh.close()
         return [], iter(())
     header = _header(path, first.rstrip(b"\n"))
 
-    def lines() -> Iterator[Line]:
+    def lines() -> Iterator[tuple[int, bytes]]:
         with fh:
             for number, raw in enumerate(fh, start=2):
-                raw = raw[:-1] if raw.endswith(b"\n") else raw
-                fields, reason = _parse(raw, header)
-                if fields is not None:
-                    yield Line(number, raw, fields)
-                else:
-                    damaged.append((str(path), number, reason, raw.decode("utf-8", errors="replace")))
+                yield number, raw[:-1] if raw.endswith(b"\n") else raw
 
     return header, lines()
 
@@ -356,19 +367,6 @@ class ResultStore:
 def _unchecked(path: Path, skip: set[int]) -> tuple[list[str], Iterator[Line]]:
     """Header and rows of a file this store has already checked (at open, or written itself): parsed, not
     re-hashed; the line numbers in ``skip`` (damaged, moved aside) are left out."""
-    fh = open(path, "rb")
-    first = fh.readline()
-    if not first:
-        fh.close()
-        return [], iter(())
-    header = _header(path, first.rstrip(b"\n"))
-
-    def lines() -> Iterator[Line]:
-        with fh:
-            for number, raw in enumerate(fh, start=2):
-                raw = raw[:-1] if raw.endswith(b"\n") else raw
-                if number in skip:
-                    continue
-                yield Line(number, raw, next(csv.reader([raw.decode("utf-8")])))
-
-    return header, lines()
+    header, raw_lines = _raw_lines(path, open(path, "rb"))
+    lines = (Line(number, raw, next(csv.reader([raw.decode("utf-8")]))) for number, raw in raw_lines if number not in skip)
+    return header, lines
